@@ -1,0 +1,187 @@
+// The clone function's HTTP API (docs/api.md), as one Hono app on Web-standard Request/Response:
+// the Node server and the Worker both serve exactly this.
+
+import { Buffer } from 'node:buffer';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { z } from 'zod';
+import type { CloneEvent, CloneResult, Logger } from './copy/image.ts';
+import type { CloneEngine } from './engine.ts';
+import { parseReference } from './reference.ts';
+
+export const BODY_LIMIT_BYTES = 256 * 1024;
+
+export interface CloneJob {
+  readonly id: string;
+  readonly images: readonly string[];
+  readonly callback: { readonly url: string; readonly context?: unknown };
+}
+
+/** Runs callback jobs after the answer: in-process on Node, on a Queue on Workers. */
+export interface JobRunner {
+  submit(job: CloneJob): Promise<void>;
+}
+
+export interface AppOptions {
+  readonly authToken: string;
+  readonly engine: CloneEngine;
+  readonly logger: Logger;
+  readonly maxImagesPerRequest: number;
+  /** Absent when no CALLBACK_SECRET is configured: callback requests are refused then. */
+  readonly jobs?: JobRunner;
+  /** Extra routes of one runtime (Node's /metrics), behind the same authentication. */
+  readonly extend?: (app: Hono) => void;
+  readonly newJobId?: () => string;
+}
+
+export function createApp(options: AppOptions): Hono {
+  const app = new Hono();
+  const expectedToken = sha256(options.authToken);
+  const requestSchema = cloneRequestSchema(options.maxImagesPerRequest);
+
+  app.get('/healthz', (c) => c.json({ status: 'ok' }));
+
+  app.use('*', async (c, next) => {
+    const header = c.req.header('authorization') ?? '';
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (!match) return unauthorized(c, 'missing bearer token (send "Authorization: Bearer <AUTH_TOKEN>")');
+    // Compare digests, so neither the token's content nor its length leaks through timing.
+    if (!timingSafeEqual(sha256(match[1]!), expectedToken)) return unauthorized(c, 'invalid bearer token');
+    await next();
+  });
+
+  options.extend?.(app);
+
+  app.post(
+    '/clone',
+    bodyLimit({
+      maxSize: BODY_LIMIT_BYTES,
+      onError: (c) => c.json({ error: `request body larger than ${BODY_LIMIT_BYTES / 1024} KiB` }, 400),
+    }),
+    async (c) => {
+      let body: unknown;
+      try {
+        body = JSON.parse(await c.req.text());
+      } catch {
+        return c.json({ error: 'request body is not valid JSON' }, 400);
+      }
+      const parsed = requestSchema.safeParse(body);
+      if (!parsed.success) return c.json({ error: describeIssues(parsed.error, body) }, 400);
+      const { images, callback } = parsed.data;
+      const invalid = invalidReferences(images);
+      if (invalid.length > 0) return c.json({ error: `invalid image references: ${invalid.join('; ')}` }, 400);
+
+      if (callback) {
+        if (!options.jobs) {
+          return c.json({ error: 'callbacks are not enabled on this function (CALLBACK_SECRET is not set)' }, 400);
+        }
+        const id = options.newJobId?.() ?? crypto.randomUUID();
+        await options.jobs.submit({ id, images, callback });
+        options.logger.info({ job: id, images: images.length }, 'clone job accepted');
+        return c.json({ job: id }, 202);
+      }
+
+      if ((c.req.header('accept') ?? '').includes('application/x-ndjson')) {
+        return streamProgress(options.engine, images);
+      }
+      const results = await options.engine.cloneAll(images);
+      return c.json({ results });
+    },
+  );
+
+  app.notFound((c) => c.json({ error: `no route for ${c.req.method} ${new URL(c.req.url).pathname}` }, 404));
+  app.onError((error, c) => {
+    options.logger.error({ error: error.message }, 'request failed');
+    return c.json({ error: 'internal error' }, 500);
+  });
+  return app;
+}
+
+function cloneRequestSchema(maxImages: number) {
+  return z.strictObject({
+    images: z
+      .array(z.string({ error: 'each image must be a string' }), { error: '"images" must be a list of image references' })
+      .min(1, '"images" must hold at least one image')
+      .max(maxImages, `"images" holds more than ${maxImages} images (MAX_IMAGES_PER_REQUEST)`),
+    callback: z
+      .strictObject({
+        url: z.url({ protocol: /^https?$/, error: '"callback.url" must be an http(s) URL' }),
+        context: z.unknown().optional(),
+      })
+      .optional(),
+  });
+}
+
+function describeIssues(error: z.ZodError, body: unknown): string {
+  return error.issues
+    .slice(0, 5)
+    .map((issue) => {
+      if (issue.code === 'unrecognized_keys') return `unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+      if (issue.code === 'invalid_type' && valueAt(body, issue.path) === undefined) return `missing field "${issue.path.join('.')}"`;
+      return issue.message;
+    })
+    .join('; ');
+}
+
+function valueAt(value: unknown, path: readonly PropertyKey[]): unknown {
+  let current = value;
+  for (const key of path) {
+    if (typeof current !== 'object' || current === null) return undefined;
+    current = (current as Record<PropertyKey, unknown>)[key];
+  }
+  return current;
+}
+
+function invalidReferences(images: readonly string[]): string[] {
+  const problems: string[] = [];
+  images.forEach((image, index) => {
+    try {
+      parseReference(image);
+    } catch (error) {
+      problems.push(`images[${index}]: ${(error as Error).message}`);
+    }
+  });
+  return problems.slice(0, 10);
+}
+
+/** NDJSON: progress events as they happen, then every result. */
+function streamProgress(engine: CloneEngine, images: readonly string[]): Response {
+  const encoder = new TextEncoder();
+  let send: (line: object) => void = () => {};
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      send = (line) => {
+        try {
+          controller.enqueue(encoder.encode(`${JSON.stringify(line)}\n`));
+        } catch {
+          // The client went away; the copy goes on and its result is still logged.
+        }
+      };
+      engine
+        .cloneAll(images, (event: CloneEvent) => send(event))
+        .then((results: CloneResult[]) => send({ type: 'done', results }))
+        .catch((error: Error) => send({ type: 'error', error: error.message }))
+        .finally(() => {
+          try {
+            controller.close();
+          } catch {
+            // Already closed by a cancelled client.
+          }
+        });
+    },
+  });
+  return new Response(body, {
+    status: 200,
+    headers: { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' },
+  });
+}
+
+function unauthorized(c: Context, message: string): Response {
+  c.header('www-authenticate', 'Bearer realm="image-clone-controller"');
+  return c.json({ error: message }, 401);
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}

@@ -1,0 +1,160 @@
+// Copies one blob registry-to-registry: check existing → mount → upload, streaming the source body
+// into a monolithic PUT with Content-Length while its digest is verified. Never holds a blob whole.
+
+import { pullScope, pushScope } from '../registry/auth.ts';
+import { discard, type RegistryClient } from '../registry/client.ts';
+import { classifyError, RegistryError } from '../registry/errors.ts';
+import { withRetries, type RetryPolicy } from '../registry/retry.ts';
+import { DigestVerifier } from './digest.ts';
+import type { Semaphore } from './limit.ts';
+import type { Descriptor } from './manifest.ts';
+
+export interface Repository {
+  readonly registry: string;
+  readonly repository: string;
+}
+
+/** Runtime hooks: how a streamed body keeps its length (workerd needs FixedLengthStream). */
+export interface Runtime {
+  sizedBody(stream: ReadableStream<Uint8Array>, size: number): ReadableStream<Uint8Array>;
+}
+
+export type BlobOutcome = 'present' | 'mounted' | 'uploaded';
+
+/**
+ * Where blobs were last seen in the backup registry, so a blob already held by one backup repository
+ * is mounted into another instead of uploaded again. Bounded; forgets the oldest first.
+ */
+export class KnownBlobs {
+  readonly #limit: number;
+  readonly #repositoryByBlob = new Map<string, string>();
+
+  constructor(limit = 50_000) {
+    this.#limit = limit;
+  }
+
+  remember(registry: string, repository: string, digest: string): void {
+    const key = `${registry}@${digest}`;
+    this.#repositoryByBlob.delete(key);
+    this.#repositoryByBlob.set(key, repository);
+    if (this.#repositoryByBlob.size > this.#limit) {
+      this.#repositoryByBlob.delete(this.#repositoryByBlob.keys().next().value!);
+    }
+  }
+
+  /** A repository of `registry` known to hold the blob, other than `except`. */
+  holder(registry: string, digest: string, except: string): string | undefined {
+    const repository = this.#repositoryByBlob.get(`${registry}@${digest}`);
+    return repository !== except ? repository : undefined;
+  }
+}
+
+export interface BlobCopierOptions {
+  readonly client: RegistryClient;
+  readonly runtime: Runtime;
+  readonly known: KnownBlobs;
+  /** Bounds blob transfers across every copy in this process. */
+  readonly transfers: Semaphore;
+  readonly retryPolicy: RetryPolicy;
+  readonly onRetry?: (info: { what: string; attempt: number; delayMs: number; error: unknown }) => void;
+}
+
+export class BlobCopier {
+  readonly #options: BlobCopierOptions;
+
+  constructor(options: BlobCopierOptions) {
+    this.#options = options;
+  }
+
+  /** Makes `target` hold the blob. Retries the whole transfer (a stream cannot be resent). */
+  async copy(source: Repository, target: Repository, blob: Descriptor, onBytes?: (done: number) => void): Promise<BlobOutcome> {
+    const what = `blob ${blob.digest} of ${source.registry}/${source.repository}`;
+    return this.#options.transfers.run(() =>
+      withRetries(() => this.#copyOnce(source, target, blob, what, onBytes), {
+        policy: this.#options.retryPolicy,
+        classify: classifyError,
+        onRetry: (info) => this.#options.onRetry?.({ what, ...info }),
+      }),
+    );
+  }
+
+  async #copyOnce(source: Repository, target: Repository, blob: Descriptor, what: string, onBytes?: (done: number) => void): Promise<BlobOutcome> {
+    const { client, known } = this.#options;
+    const head = await client.send({
+      registry: target.registry,
+      method: 'HEAD',
+      path: `/v2/${target.repository}/blobs/${blob.digest}`,
+      scopes: [pushScope(target.repository)],
+      what: `check ${what} in the backup`,
+      expect: [200, 404],
+    });
+    await discard(head);
+    if (head.status === 200) {
+      known.remember(target.registry, target.repository, blob.digest);
+      return 'present';
+    }
+
+    // Mount from a repository of the same registry that holds the blob: the source itself when the
+    // backup lives in the source registry, else another backup repository we pushed it to.
+    const mountFrom =
+      source.registry === target.registry && source.repository !== target.repository
+        ? source.repository
+        : known.holder(target.registry, blob.digest, target.repository);
+    const start = await client.send({
+      registry: target.registry,
+      method: 'POST',
+      path:
+        `/v2/${target.repository}/blobs/uploads/` +
+        (mountFrom ? `?mount=${encodeURIComponent(blob.digest)}&from=${encodeURIComponent(mountFrom)}` : ''),
+      scopes: mountFrom ? [pushScope(target.repository), pullScope(mountFrom)] : [pushScope(target.repository)],
+      what: `start upload of ${what}`,
+      expect: [201, 202],
+      headers: { 'content-length': '0' },
+      body: new Uint8Array(0),
+    });
+    await discard(start);
+    if (start.status === 201) {
+      known.remember(target.registry, target.repository, blob.digest);
+      return 'mounted';
+    }
+    const location = start.headers.get('location');
+    if (!location) throw new RegistryError(`start upload of ${what}: the registry sent no upload location`, 502);
+
+    // Aborted once the upload ends, so a download the upload stopped reading does not linger.
+    const downloadControl = new AbortController();
+    const download = await client.send({
+      registry: source.registry,
+      method: 'GET',
+      path: `/v2/${source.repository}/blobs/${blob.digest}`,
+      scopes: [pullScope(source.repository)],
+      what: `download ${what}`,
+      expect: [200],
+      signal: downloadControl.signal,
+    });
+    if (!download.body) throw new RegistryError(`download ${what}: empty response`, 502);
+    const verifier = new DigestVerifier(blob.digest, blob.size, what, onBytes);
+    const verified = download.body.pipeThrough(verifier.stream);
+    // The location is opaque: keep its query as sent and add the digest to it.
+    const separator = location.includes('?') ? '&' : '?';
+    let upload: Response;
+    try {
+      upload = await client.send({
+        registry: target.registry,
+        method: 'PUT',
+        path: `${location}${separator}digest=${encodeURIComponent(blob.digest)}`,
+        scopes: [pushScope(target.repository)],
+        what: `upload ${what}`,
+        expect: [201, 204],
+        headers: { 'content-type': 'application/octet-stream', 'content-length': String(blob.size) },
+        body: this.#options.runtime.sizedBody(verified, blob.size),
+      });
+    } catch (error) {
+      throw verifier.failure ?? error;
+    } finally {
+      downloadControl.abort();
+    }
+    await discard(upload);
+    known.remember(target.registry, target.repository, blob.digest);
+    return 'uploaded';
+  }
+}

@@ -1,0 +1,339 @@
+// Copies one image, digest-exact: every platform of an index, attestation manifests, the blobs of
+// each, children before parents, then the signatures and attestations that refer to it. Skipped in
+// one HEAD when the backup already holds the digest.
+
+import { backupReference, isBackupImage, type BackupLocation } from '../naming.ts';
+import { formatReference, parseReference, repositoryName, type ImageReference } from '../reference.ts';
+import { pullScope, pushScope } from '../registry/auth.ts';
+import { discard, type RegistryClient } from '../registry/client.ts';
+import { classifyError, describeError, PermanentError, RegistryError } from '../registry/errors.ts';
+import { withRetries, type RetryPolicy } from '../registry/retry.ts';
+import type { BlobCopier, Repository } from './blob.ts';
+import { digestOf } from './digest.ts';
+import { mapLimit } from './limit.ts';
+import { MANIFEST_ACCEPT, MANIFEST_SIZE_LIMIT, parseManifest, type Descriptor } from './manifest.ts';
+import { ReferrerCopier } from './referrers.ts';
+
+export type CloneStatus = 'copied' | 'exists' | 'failed';
+
+export interface CloneResult {
+  readonly source: string;
+  readonly target?: string;
+  readonly digest?: string;
+  readonly status: CloneStatus;
+  readonly bytes?: number;
+  readonly ms: number;
+  readonly error?: string;
+}
+
+export type CloneEvent =
+  | { readonly type: 'image'; readonly source: string; readonly status: 'started' }
+  | { readonly type: 'blob'; readonly source: string; readonly digest: string; readonly done: number; readonly total: number }
+  | { readonly type: 'result'; readonly result: CloneResult };
+
+export type EmitEvent = (event: CloneEvent) => void;
+
+/** The subset of pino's logger the engine uses, so workerd can pass something lighter. */
+export interface Logger {
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+  debug(fields: object, message: string): void;
+}
+
+export interface ImageCopierOptions {
+  readonly client: RegistryClient;
+  readonly blobs: BlobCopier;
+  readonly backup: BackupLocation;
+  readonly logger: Logger;
+  /** Blobs of one manifest copied at once (the process-wide bound is in the BlobCopier). */
+  readonly blobConcurrency: number;
+  readonly retryPolicy: RetryPolicy;
+  readonly now?: () => number;
+}
+
+export interface FetchedManifest {
+  readonly bytes: Uint8Array;
+  readonly digest: string;
+  readonly mediaType: string;
+}
+
+/** Progress events are sent every this many bytes of a blob (and at its end). */
+const PROGRESS_STEP = 1024 * 1024;
+
+export class ImageCopier {
+  readonly #options: ImageCopierOptions;
+  readonly #now: () => number;
+  readonly #referrers: ReferrerCopier;
+  /** Copies in flight, by source and target: concurrent requests for one image share one copy. */
+  readonly #inFlight = new Map<string, { promise: Promise<CloneResult>; listeners: Set<EmitEvent> }>();
+
+  constructor(options: ImageCopierOptions) {
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+    this.#referrers = new ReferrerCopier(this);
+  }
+
+  get client(): RegistryClient {
+    return this.#options.client;
+  }
+
+  /** Copies one image into the backup; never throws: a failure is a `failed` result. */
+  async copy(input: string, emit?: EmitEvent): Promise<CloneResult> {
+    const started = this.#now();
+    let source: ImageReference;
+    try {
+      source = parseReference(input);
+    } catch (error) {
+      return { source: String(input), status: 'failed', error: describeError(error), ms: 0 };
+    }
+    const key = formatReference(source);
+    const running = this.#inFlight.get(key);
+    if (running) {
+      if (emit) running.listeners.add(emit);
+      const result = await running.promise;
+      return { ...result, ms: this.#now() - started };
+    }
+    const listeners = new Set<EmitEvent>(emit ? [emit] : []);
+    const fanOut: EmitEvent = (event) => listeners.forEach((listener) => listener(event));
+    const promise = this.#copyReference(source, fanOut, started).finally(() => this.#inFlight.delete(key));
+    this.#inFlight.set(key, { promise, listeners });
+    return promise;
+  }
+
+  async #copyReference(source: ImageReference, emit: EmitEvent, started: number): Promise<CloneResult> {
+    const { backup, logger } = this.#options;
+    const sourceText = formatReference(source);
+    emit({ type: 'image', source: sourceText, status: 'started' });
+    logger.info({ image: sourceText }, 'clone started');
+    const progress = { bytes: 0 };
+    let result: CloneResult;
+    try {
+      if (isBackupImage(source, backup)) {
+        const digest = source.digest ?? (await this.resolveDigest(source, source.tag!)).digest;
+        result = { source: sourceText, target: `${repositoryName(source)}${source.tag ? `:${source.tag}` : ''}@${digest}`, digest, status: 'exists', ms: 0 };
+      } else {
+        result = await this.#backUp(source, emit, progress);
+      }
+    } catch (error) {
+      result = { source: sourceText, status: 'failed', error: describeError(error), ms: 0 };
+    }
+    result = { ...result, ms: this.#now() - started };
+    if (result.status === 'failed') {
+      logger.warn({ image: sourceText, error: result.error, ms: result.ms }, 'clone failed');
+    } else {
+      logger.info(
+        { image: sourceText, target: result.target, digest: result.digest, status: result.status, bytes: result.bytes, ms: result.ms },
+        'clone finished',
+      );
+    }
+    emit({ type: 'result', result });
+    return result;
+  }
+
+  async #backUp(source: ImageReference, emit: EmitEvent, progress: { bytes: number }): Promise<CloneResult> {
+    const { backup } = this.#options;
+    const sourceText = formatReference(source);
+    const targetRef = backupReference(source, backup);
+    const target: Repository = { registry: targetRef.registry, repository: targetRef.repository };
+    const tag = targetRef.tag!;
+
+    // Resolve the digest with a HEAD where possible: it does not count as a pull on Docker Hub.
+    let root: FetchedManifest | undefined;
+    let digest = source.digest;
+    if (digest === undefined) {
+      const resolved = await this.resolveDigest(source, source.tag!);
+      digest = resolved.digest;
+      root = resolved.manifest;
+    }
+    const targetText = `${repositoryName(target)}:${tag}@${digest}`;
+
+    // The tag is pushed last, after the referrers: a tag on the digest means the copy is complete,
+    // so an interrupted copy is finished by the next request.
+    if ((await this.tagDigest(target, tag)) === digest) {
+      return { source: sourceText, target: targetText, digest, status: 'exists', bytes: 0, ms: 0 };
+    }
+    const held = await this.hasManifest(target, digest);
+    if (held) {
+      root = await this.fetchManifest(target, digest);
+    } else {
+      root ??= await this.fetchManifest(source, digest);
+      await this.copyTree(source, target, root, digest, sourceText, emit, progress);
+    }
+    await this.#referrers.copy(source, target, digest, sourceText, emit, progress);
+    await this.pushManifest(target, tag, root);
+    return { source: sourceText, target: targetText, digest, status: held ? 'exists' : 'copied', bytes: progress.bytes, ms: 0 };
+  }
+
+  /**
+   * Copies a manifest and everything under it, then pushes it under `reference` (a tag or its
+   * digest). A child the backup already holds is skipped whole.
+   */
+  async copyTree(
+    source: Repository,
+    target: Repository,
+    manifest: FetchedManifest,
+    reference: string,
+    sourceText: string,
+    emit: EmitEvent,
+    progress: { bytes: number },
+  ): Promise<Response> {
+    const parsed = parseManifest(manifest.bytes, manifest.mediaType);
+    await mapLimit(parsed.manifests, 2, async (child: Descriptor) => {
+      if (await this.hasManifest(target, child.digest)) return;
+      const fetched = await this.fetchManifest(source, child.digest);
+      await this.copyTree(source, target, fetched, child.digest, sourceText, emit, progress);
+    });
+    await mapLimit(parsed.blobs, this.#options.blobConcurrency, async (blob) => {
+      let reported = 0;
+      const outcome = await this.#options.blobs.copy(source, target, blob, (done) => {
+        if (done - reported >= PROGRESS_STEP || done === blob.size) {
+          reported = done;
+          emit({ type: 'blob', source: sourceText, digest: blob.digest, done, total: blob.size });
+        }
+      });
+      if (outcome === 'uploaded') progress.bytes += blob.size;
+    });
+    return this.pushManifest(target, reference, manifest);
+  }
+
+  /** HEAD by tag for the digest; a GET when the registry does not say (and then the bytes are kept). */
+  async resolveDigest(repository: Repository, tag: string): Promise<{ digest: string; manifest?: FetchedManifest }> {
+    const head = await this.#options.client.send({
+      registry: repository.registry,
+      method: 'HEAD',
+      path: `/v2/${repository.repository}/manifests/${encodeURIComponent(tag)}`,
+      scopes: [pullScope(repository.repository)],
+      what: `resolve ${repositoryName(repository)}:${tag}`,
+      expect: [200, 404],
+      headers: { accept: MANIFEST_ACCEPT },
+    });
+    await discard(head);
+    if (head.status === 404) {
+      throw new PermanentError(`${repositoryName(repository)}:${tag} not found (no such tag or repository)`);
+    }
+    const digest = head.headers.get('docker-content-digest');
+    if (digest && /^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$/.test(digest)) return { digest };
+    const manifest = await this.fetchManifest(repository, tag);
+    return { digest: manifest.digest, manifest };
+  }
+
+  async hasManifest(repository: Repository, digest: string): Promise<boolean> {
+    const head = await this.#options.client.send({
+      registry: repository.registry,
+      method: 'HEAD',
+      path: `/v2/${repository.repository}/manifests/${digest}`,
+      scopes: [pullScope(repository.repository)],
+      what: `check manifest ${digest} in ${repositoryName(repository)}`,
+      expect: [200, 404],
+      headers: { accept: MANIFEST_ACCEPT },
+    });
+    await discard(head);
+    return head.status === 200;
+  }
+
+  /** The digest a tag points at, or undefined when the tag does not exist. */
+  async tagDigest(repository: Repository, tag: string): Promise<string | undefined> {
+    const head = await this.#options.client.send({
+      registry: repository.registry,
+      method: 'HEAD',
+      path: `/v2/${repository.repository}/manifests/${encodeURIComponent(tag)}`,
+      scopes: [pullScope(repository.repository)],
+      what: `check tag ${repositoryName(repository)}:${tag}`,
+      expect: [200, 404],
+      headers: { accept: MANIFEST_ACCEPT },
+    });
+    await discard(head);
+    if (head.status === 404) return undefined;
+    return head.headers.get('docker-content-digest') ?? (await this.fetchManifest(repository, tag)).digest;
+  }
+
+  /** GETs a manifest (at most 4 MiB); by digest, its bytes must hash to that digest. */
+  async fetchManifest(repository: Repository, reference: string): Promise<FetchedManifest> {
+    const name = `${repositoryName(repository)}${reference.includes(':') ? '@' : ':'}${reference}`;
+    // The body is read inside the retry: a connection dropped mid-manifest is retried too.
+    const { bytes, contentType } = await withRetries(
+      async () => {
+        const response = await this.#options.client.send({
+          registry: repository.registry,
+          method: 'GET',
+          path: `/v2/${repository.repository}/manifests/${encodeURIComponent(reference)}`,
+          scopes: [pullScope(repository.repository)],
+          what: `get manifest ${name}`,
+          expect: [200, 404],
+          headers: { accept: MANIFEST_ACCEPT },
+        });
+        if (response.status === 404) {
+          await discard(response);
+          throw new PermanentError(`${name} not found`);
+        }
+        return { bytes: await readManifestBytes(response, name), contentType: response.headers.get('content-type') };
+      },
+      { policy: this.#options.retryPolicy, classify: classifyError },
+    );
+    const expected = reference.includes(':') ? reference : undefined;
+    const digest = digestOf(bytes, expected ?? 'sha256:');
+    if (expected !== undefined && digest !== expected) {
+      throw new PermanentError(`manifest ${name} does not match its digest (got ${digest})`);
+    }
+    return { bytes, digest, mediaType: parseManifest(bytes, contentType).mediaType };
+  }
+
+  /** PUTs the exact bytes with Content-Type = their media type. */
+  async pushManifest(repository: Repository, reference: string, manifest: FetchedManifest): Promise<Response> {
+    const name = `${repositoryName(repository)}${reference.includes(':') ? '@' : ':'}${reference}`;
+    try {
+      const response = await this.#options.client.send({
+        registry: repository.registry,
+        method: 'PUT',
+        path: `/v2/${repository.repository}/manifests/${encodeURIComponent(reference)}`,
+        scopes: [pushScope(repository.repository)],
+        what: `push manifest ${name}`,
+        expect: [201, 200, 204],
+        headers: { 'content-type': manifest.mediaType },
+        body: manifest.bytes,
+      });
+      await discard(response);
+      const stored = response.headers.get('docker-content-digest');
+      if (stored && stored !== manifest.digest) {
+        throw new PermanentError(`push manifest ${name}: the registry stored ${stored}, not ${manifest.digest}`);
+      }
+      return response;
+    } catch (error) {
+      // An immutable tag (ECR) that already points at this digest is what we wanted.
+      if (error instanceof RegistryError && error.status >= 400 && error.status < 500 && !reference.includes(':')) {
+        if ((await this.tagDigest(repository, reference)) === manifest.digest) return new Response(null, { status: 200 });
+      }
+      throw error;
+    }
+  }
+}
+
+async function readManifestBytes(response: Response, name: string): Promise<Uint8Array> {
+  const declared = Number(response.headers.get('content-length') ?? NaN);
+  if (declared > MANIFEST_SIZE_LIMIT) {
+    await discard(response);
+    throw new PermanentError(`manifest ${name} is larger than 4 MiB`);
+  }
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  if (!response.body) return new Uint8Array(0);
+  const reader = response.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > MANIFEST_SIZE_LIMIT) {
+      await reader.cancel();
+      throw new PermanentError(`manifest ${name} is larger than 4 MiB`);
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}

@@ -1,0 +1,107 @@
+// Signatures and attestations that refer to an image travel with it: those the referrers API lists,
+// or the "sha256-<hex>" tag-scheme index where a registry has no such API, and cosign's
+// "sha256-<hex>.sig/.att/.sbom" tags.
+
+import { repositoryName } from '../reference.ts';
+import { pullScope } from '../registry/auth.ts';
+import { discard } from '../registry/client.ts';
+import { RegistryError, readLimited } from '../registry/errors.ts';
+import type { Repository } from './blob.ts';
+import { digestOf } from './digest.ts';
+import type { EmitEvent, FetchedManifest, ImageCopier } from './image.ts';
+import { MANIFEST_SIZE_LIMIT, MEDIA_TYPES, parseManifest, type Descriptor } from './manifest.ts';
+
+const COSIGN_SUFFIXES = ['sig', 'att', 'sbom'];
+
+export class ReferrerCopier {
+  readonly #images: ImageCopier;
+
+  constructor(images: ImageCopier) {
+    this.#images = images;
+  }
+
+  async copy(source: Repository, target: Repository, digest: string, sourceText: string, emit: EmitEvent, progress: { bytes: number }): Promise<void> {
+    const schemeTag = digest.replace(':', '-');
+    const listed = await this.#listReferrers(source, digest);
+    const tagIndex = listed === undefined ? await this.#fetchIfPresent(source, schemeTag) : undefined;
+    const referrers = listed ?? (tagIndex ? parseManifest(tagIndex.bytes, tagIndex.mediaType).manifests : []);
+
+    let targetIndexesReferrers = false;
+    for (const referrer of referrers) {
+      if (await this.#images.hasManifest(target, referrer.digest)) continue;
+      const manifest = await this.#images.fetchManifest(source, referrer.digest);
+      const pushed = await this.#images.copyTree(source, target, manifest, referrer.digest, sourceText, emit, progress);
+      // OCI 1.1: a registry that indexes referrers itself says so with OCI-Subject.
+      if (pushed.headers.has('oci-subject')) targetIndexesReferrers = true;
+    }
+    if (referrers.length > 0 && !targetIndexesReferrers && !(await this.#supportsReferrersApi(target, digest))) {
+      await this.#updateTagIndex(target, schemeTag, referrers, tagIndex);
+    }
+
+    for (const suffix of COSIGN_SUFFIXES) {
+      const tag = `${schemeTag}.${suffix}`;
+      const manifest = await this.#fetchIfPresent(source, tag);
+      if (!manifest) continue;
+      if (!(await this.#images.hasManifest(target, manifest.digest))) {
+        await this.#images.copyTree(source, target, manifest, manifest.digest, sourceText, emit, progress);
+      }
+      await this.#images.pushManifest(target, tag, manifest);
+    }
+  }
+
+  /** The referrers API's list, or undefined where the registry has no referrers API. */
+  async #listReferrers(repository: Repository, digest: string): Promise<Descriptor[] | undefined> {
+    let response: Response;
+    try {
+      response = await this.#images.client.send({
+        registry: repository.registry,
+        method: 'GET',
+        path: `/v2/${repository.repository}/referrers/${digest}`,
+        scopes: [pullScope(repository.repository)],
+        what: `list referrers of ${repositoryName(repository)}@${digest}`,
+        expect: [200, 404],
+        headers: { accept: MEDIA_TYPES.ociIndex },
+      });
+    } catch (error) {
+      // 400/405 and the like: a registry that predates the API.
+      if (error instanceof RegistryError && error.status >= 400 && error.status < 500) return undefined;
+      throw error;
+    }
+    const type = response.headers.get('content-type') ?? '';
+    if (response.status !== 200 || !type.startsWith(MEDIA_TYPES.ociIndex)) {
+      await discard(response);
+      return undefined;
+    }
+    const text = await readLimited(response, MANIFEST_SIZE_LIMIT);
+    return parseManifest(new TextEncoder().encode(text), MEDIA_TYPES.ociIndex).manifests.slice();
+  }
+
+  async #supportsReferrersApi(repository: Repository, digest: string): Promise<boolean> {
+    return (await this.#listReferrers(repository, digest)) !== undefined;
+  }
+
+  async #fetchIfPresent(repository: Repository, tag: string): Promise<FetchedManifest | undefined> {
+    const digest = await this.#images.tagDigest(repository, tag);
+    return digest === undefined ? undefined : this.#images.fetchManifest(repository, digest);
+  }
+
+  /**
+   * Keeps the target's tag-scheme index listing every referrer: the source's exact index when the
+   * target has none, else the union of both.
+   */
+  async #updateTagIndex(target: Repository, tag: string, referrers: readonly Descriptor[], sourceIndex: FetchedManifest | undefined): Promise<void> {
+    const existing = await this.#fetchIfPresent(target, tag);
+    if (!existing && sourceIndex) {
+      await this.#images.pushManifest(target, tag, sourceIndex);
+      return;
+    }
+    const listed = existing ? parseManifest(existing.bytes, existing.mediaType).manifests : [];
+    const known = new Set(listed.map((d) => d.digest));
+    const missing = referrers.filter((d) => !known.has(d.digest));
+    if (missing.length === 0) return;
+    const bytes = new TextEncoder().encode(
+      JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: [...listed, ...missing] }),
+    );
+    await this.#images.pushManifest(target, tag, { bytes, digest: digestOf(bytes), mediaType: MEDIA_TYPES.ociIndex });
+  }
+}

@@ -1,0 +1,86 @@
+// Assembles the copy engine from the configuration and the runtime's pieces (fetch, how a stream
+// keeps its length, a logger). Portable: the Node and Worker entry points both call this.
+
+import type { FunctionConfig } from './config.ts';
+import { BlobCopier, KnownBlobs, type Runtime } from './copy/blob.ts';
+import { ImageCopier, type CloneEvent, type CloneResult, type Logger } from './copy/image.ts';
+import { mapLimit, Semaphore } from './copy/limit.ts';
+import type { FetchLike } from './registry/auth.ts';
+import { RegistryClient } from './registry/client.ts';
+import { StaticCredentials, type CredentialSource } from './registry/credentials.ts';
+import { describeError } from './registry/errors.ts';
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './registry/retry.ts';
+
+/** Hooks for metrics; every one optional. */
+export interface EngineObserver {
+  cloneStarted?(): void;
+  cloneFinished?(result: CloneResult): void;
+  retried?(info: { registry?: string; what: string }): void;
+}
+
+export interface EngineOptions {
+  readonly config: FunctionConfig;
+  readonly fetch: FetchLike;
+  readonly runtime: Runtime;
+  readonly logger: Logger;
+  /** Overrides the static credentials from the config (ECR tokens). */
+  readonly credentials?: CredentialSource;
+  readonly retryPolicy?: RetryPolicy;
+  readonly observer?: EngineObserver;
+  readonly userAgent?: string;
+}
+
+export interface CloneEngine {
+  /** One result per image, in order; one failing image never fails the others. */
+  cloneAll(images: readonly string[], emit?: (event: CloneEvent) => void): Promise<CloneResult[]>;
+}
+
+export function createEngine(options: EngineOptions): CloneEngine {
+  const { config, logger, observer } = options;
+  const retryPolicy = options.retryPolicy ?? DEFAULT_RETRY_POLICY;
+  const logRetry = (info: { registry?: string; what: string; attempt: number; delayMs: number; error: unknown }) => {
+    logger.warn({ what: info.what, attempt: info.attempt, delayMs: info.delayMs, error: describeError(info.error) }, 'retrying registry request');
+    observer?.retried?.(info);
+  };
+  const client = new RegistryClient({
+    fetch: options.fetch,
+    credentials: options.credentials ?? new StaticCredentials(config.credentials),
+    insecureRegistries: config.insecureRegistries,
+    retryPolicy,
+    onRetry: logRetry,
+    ...(options.userAgent !== undefined && { userAgent: options.userAgent }),
+  });
+  const blobs = new BlobCopier({
+    client,
+    runtime: options.runtime,
+    known: new KnownBlobs(),
+    transfers: new Semaphore(config.transferConcurrency),
+    retryPolicy,
+    onRetry: logRetry,
+  });
+  const images = new ImageCopier({
+    client,
+    blobs,
+    backup: config.backup,
+    logger,
+    blobConcurrency: config.blobConcurrency,
+    retryPolicy,
+  });
+
+  return {
+    async cloneAll(list, emit) {
+      return mapLimit(list, config.imageConcurrency, async (image) => {
+        observer?.cloneStarted?.();
+        let result: CloneResult;
+        try {
+          result = await images.copy(image, emit);
+        } catch (error) {
+          // copy() reports failures as results; this only guards against a bug taking others down.
+          result = { source: String(image), status: 'failed', error: describeError(error), ms: 0 };
+        }
+        observer?.cloneFinished?.(result);
+        return result;
+      });
+    },
+  };
+}

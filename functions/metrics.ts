@@ -1,0 +1,48 @@
+// Prometheus metrics of the clone function on Node (GET /metrics), fed by the engine's observer.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { CloneResult } from './copy/image.ts';
+import type { EngineObserver } from './engine.ts';
+
+export interface FunctionMetrics {
+  readonly registry: Registry;
+  readonly observer: EngineObserver;
+}
+
+export function createFunctionMetrics(): FunctionMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'image_clone_function_' });
+  const clones = new Counter({
+    name: 'image_clone_clones_total',
+    help: 'Images processed, by result status (copied, exists, failed).',
+    labelNames: ['status'] as const,
+    registers: [registry],
+  });
+  const bytes = new Counter({ name: 'image_clone_bytes_copied_total', help: 'Blob bytes uploaded to the backup registry.', registers: [registry] });
+  const duration = new Histogram({
+    name: 'image_clone_copy_duration_seconds',
+    help: 'Time to back up one image, by result status.',
+    labelNames: ['status'] as const,
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900],
+    registers: [registry],
+  });
+  const inFlight = new Gauge({ name: 'image_clone_copies_in_flight', help: 'Image copies running now.', registers: [registry] });
+  const retries = new Counter({ name: 'image_clone_registry_retries_total', help: 'Registry requests and blob transfers retried.', registers: [registry] });
+  for (const status of ['copied', 'exists', 'failed']) {
+    clones.inc({ status }, 0);
+  }
+
+  return {
+    registry,
+    observer: {
+      cloneStarted: () => inFlight.inc(),
+      cloneFinished: (result: CloneResult) => {
+        inFlight.dec();
+        clones.inc({ status: result.status });
+        duration.observe({ status: result.status }, result.ms / 1000);
+        if (result.bytes) bytes.inc(result.bytes);
+      },
+      retried: () => retries.inc(),
+    },
+  };
+}

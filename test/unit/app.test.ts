@@ -1,0 +1,112 @@
+import { describe, expect, it } from 'vitest';
+import { createApp, type CloneJob } from '../../functions/app.ts';
+import type { CloneEvent, CloneResult } from '../../functions/copy/image.ts';
+import type { CloneEngine } from '../../functions/engine.ts';
+
+const TOKEN = 'a-long-enough-test-token';
+const silent = { info() {}, warn() {}, error() {}, debug() {} };
+
+/** An engine that answers from a table, so the HTTP layer is tested on its own. */
+function fakeEngine(): CloneEngine & { calls: string[][] } {
+  const calls: string[][] = [];
+  return {
+    calls,
+    async cloneAll(images, emit?: (event: CloneEvent) => void) {
+      calls.push([...images]);
+      return images.map((image): CloneResult => {
+        emit?.({ type: 'image', source: image, status: 'started' });
+        const result: CloneResult = image.includes('broken')
+          ? { source: image, status: 'failed', error: 'boom', ms: 1 }
+          : { source: image, target: `backup/${image}`, digest: 'sha256:x', status: 'copied', bytes: 3, ms: 1 };
+        emit?.({ type: 'result', result });
+        return result;
+      });
+    },
+  };
+}
+
+function setup(options: { jobs?: CloneJob[] } = {}) {
+  const engine = fakeEngine();
+  const app = createApp({
+    authToken: TOKEN,
+    engine,
+    logger: silent,
+    maxImagesPerRequest: 3,
+    newJobId: () => 'job-1',
+    ...(options.jobs && { jobs: { submit: async (job: CloneJob) => void options.jobs!.push(job) } }),
+  });
+  const post = (body: string, headers: Record<string, string> = {}) =>
+    app.request('/clone', { method: 'POST', body, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...headers } });
+  return { app, engine, post };
+}
+
+describe('POST /clone', () => {
+  it('answers one result per image, in order, a failure next to successes', async () => {
+    const { post } = setup();
+    const response = await post(JSON.stringify({ images: ['nginx:1', 'broken/x', 'quay.io/a/b'] }));
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as { results: CloneResult[] };
+    expect(body.results.map((r) => [r.source, r.status])).toEqual([
+      ['nginx:1', 'copied'],
+      ['broken/x', 'failed'],
+      ['quay.io/a/b', 'copied'],
+    ]);
+  });
+
+  it.each([
+    ['{"images": [', /not valid JSON/],
+    ['{}', /missing field "images"/],
+    ['{"images": "nginx"}', /must be a list/],
+    ['{"images": []}', /at least one image/],
+    ['{"images": [1]}', /must be a string/],
+    ['{"images": ["a","b","c","d"]}', /more than 3 images/],
+    ['{"images": ["a"], "extra": true}', /unknown field\(s\) "extra"/],
+    ['{"images": ["Upper/Case"]}', /images\[0\].*must be lowercase/],
+    ['{"images": ["ok", "bad image"]}', /images\[1\]/],
+    ['{"images": ["a"], "callback": {"url": "ftp://x"}}', /http\(s\) URL/],
+    [JSON.stringify({ images: ['a'], pad: 'x'.repeat(300 * 1024) }), /larger than 256 KiB/],
+  ])('refuses %s with 400 and a clear message', async (body, message) => {
+    const { post, engine } = setup();
+    const response = await post(body);
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: string }).error).toMatch(message);
+    expect(engine.calls).toEqual([]);
+  });
+
+  it('refuses a missing or wrong token with 401, and serves /healthz without one', async () => {
+    const { app } = setup();
+    const body = JSON.stringify({ images: ['a'] });
+    expect((await app.request('/clone', { method: 'POST', body })).status).toBe(401);
+    const wrong = await app.request('/clone', { method: 'POST', body, headers: { authorization: 'Bearer nope' } });
+    expect(wrong.status).toBe(401);
+    expect(wrong.headers.get('www-authenticate')).toMatch(/^Bearer/);
+    expect((await app.request('/clone', { method: 'POST', body, headers: { authorization: `Basic ${TOKEN}` } })).status).toBe(401);
+    expect((await app.request('/healthz')).status).toBe(200);
+  });
+
+  it('streams NDJSON progress ending with the results', async () => {
+    const { post } = setup();
+    const response = await post(JSON.stringify({ images: ['a', 'broken/b'] }), { accept: 'application/x-ndjson' });
+    expect(response.headers.get('content-type')).toBe('application/x-ndjson');
+    const lines = (await response.text()).trim().split('\n').map((line) => JSON.parse(line));
+    expect(lines.map((l) => l.type)).toEqual(['image', 'result', 'image', 'result', 'done']);
+    expect(lines.at(-1).results).toHaveLength(2);
+  });
+
+  it('accepts a callback job with 202 and hands it to the job runner', async () => {
+    const jobs: CloneJob[] = [];
+    const { post, engine } = setup({ jobs });
+    const response = await post(JSON.stringify({ images: ['a'], callback: { url: 'http://bridge/cb', context: { key: 'ns/x' } } }));
+    expect(response.status).toBe(202);
+    expect(await response.json()).toEqual({ job: 'job-1' });
+    expect(jobs).toEqual([{ id: 'job-1', images: ['a'], callback: { url: 'http://bridge/cb', context: { key: 'ns/x' } } }]);
+    expect(engine.calls).toEqual([]);
+  });
+
+  it('refuses a callback when no CALLBACK_SECRET is configured', async () => {
+    const { post } = setup();
+    const response = await post(JSON.stringify({ images: ['a'], callback: { url: 'http://bridge/cb' } }));
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: string }).error).toMatch(/CALLBACK_SECRET/);
+  });
+});
