@@ -2,7 +2,7 @@
 // Workers (vars and secrets). Validated once at start; errors name the variable, never a secret.
 
 import { z } from 'zod';
-import { backupLocation, type BackupLayout, type BackupLocation } from './naming.ts';
+import { backupLocation, ecrRegionOf, type BackupLayout, type BackupLocation } from './naming.ts';
 import { parseDockerConfig, type Credentials } from './registry/credentials.ts';
 
 export interface FunctionConfig {
@@ -25,6 +25,8 @@ export interface FunctionConfig {
 }
 
 export interface EcrSettings {
+  /** Set when the backup registry is ECR: from its host, or ECR_REGION for VPC endpoints and stand-ins. */
+  readonly region: string | undefined;
   readonly tagMutability: 'MUTABLE' | 'IMMUTABLE';
   readonly scanOnPush: boolean;
   readonly encryption: 'AES256' | 'KMS';
@@ -85,6 +87,7 @@ const environment = z.object({
   TRANSFER_CONCURRENCY: integer(8, 1, 256),
   CALLBACK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   CALLBACK_DEADLINE_SECONDS: integer(900, 1, 86_400),
+  ECR_REGION: z.string().regex(/^[a-z]{2}(?:-[a-z]+)+-\d$/, 'must be an AWS region such as eu-west-1').optional(),
   ECR_TAG_MUTABILITY: z.enum(['MUTABLE', 'IMMUTABLE']).optional().default('MUTABLE'),
   ECR_SCAN_ON_PUSH: boolean(false),
   ECR_ENCRYPTION: z.enum(['AES256', 'KMS']).optional().default('AES256'),
@@ -104,9 +107,13 @@ export function loadConfig(env: Environment, registryAuthFile?: string): Functio
     throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
   }
   const values = parsed.data;
+  const ecrRegion = values.ECR_REGION ?? ecrRegionOf(values.BACKUP_REGISTRY);
   let backup: BackupLocation;
   try {
-    backup = backupLocation(values.BACKUP_REGISTRY, values.BACKUP_NAMESPACE, values.BACKUP_LAYOUT as BackupLayout | undefined);
+    backup = backupLocation(values.BACKUP_REGISTRY, values.BACKUP_NAMESPACE, {
+      ...(values.BACKUP_LAYOUT !== undefined && { layout: values.BACKUP_LAYOUT as BackupLayout }),
+      ecr: ecrRegion !== undefined,
+    });
   } catch (error) {
     throw new ConfigError(`invalid configuration: BACKUP_NAMESPACE: ${(error as Error).message}`);
   }
@@ -134,6 +141,7 @@ export function loadConfig(env: Environment, registryAuthFile?: string): Functio
     callbackSecret: values.CALLBACK_SECRET,
     callbackDeadlineSeconds: values.CALLBACK_DEADLINE_SECONDS,
     ecr: {
+      region: ecrRegion,
       tagMutability: values.ECR_TAG_MUTABILITY,
       scanOnPush: values.ECR_SCAN_ON_PUSH,
       encryption: values.ECR_ENCRYPTION,

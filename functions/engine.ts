@@ -1,10 +1,12 @@
 // Assembles the copy engine from the configuration and the runtime's pieces (fetch, how a stream
 // keeps its length, a logger). Portable: the Node and Worker entry points both call this.
 
+import type { ECRClientConfig } from '@aws-sdk/client-ecr';
 import type { FunctionConfig } from './config.ts';
 import { BlobCopier, KnownBlobs, type Runtime } from './copy/blob.ts';
 import { ImageCopier, type CloneEvent, type CloneResult, type Logger } from './copy/image.ts';
 import { mapLimit, Semaphore } from './copy/limit.ts';
+import { Ecr } from './ecr.ts';
 import type { FetchLike } from './registry/auth.ts';
 import { RegistryClient } from './registry/client.ts';
 import { StaticCredentials, type CredentialSource } from './registry/credentials.ts';
@@ -25,6 +27,8 @@ export interface EngineOptions {
   readonly logger: Logger;
   /** Overrides the static credentials from the config (ECR tokens). */
   readonly credentials?: CredentialSource;
+  /** SDK settings for ECR where the default credential chain does not apply (Workers). */
+  readonly ecrClientConfig?: ECRClientConfig;
   readonly retryPolicy?: RetryPolicy;
   readonly observer?: EngineObserver;
   readonly userAgent?: string;
@@ -42,9 +46,21 @@ export function createEngine(options: EngineOptions): CloneEngine {
     logger.warn({ what: info.what, attempt: info.attempt, delayMs: info.delayMs, error: describeError(info.error) }, 'retrying registry request');
     observer?.retried?.(info);
   };
+  let credentials = options.credentials ?? new StaticCredentials(config.credentials);
+  let ecr: Ecr | undefined;
+  if (config.ecr.region !== undefined) {
+    ecr = new Ecr({
+      registry: config.backup.registry,
+      region: config.ecr.region,
+      settings: config.ecr,
+      fallback: credentials,
+      ...(options.ecrClientConfig && { clientConfig: options.ecrClientConfig }),
+    });
+    credentials = ecr;
+  }
   const client = new RegistryClient({
     fetch: options.fetch,
-    credentials: options.credentials ?? new StaticCredentials(config.credentials),
+    credentials,
     insecureRegistries: config.insecureRegistries,
     retryPolicy,
     onRetry: logRetry,
@@ -65,6 +81,7 @@ export function createEngine(options: EngineOptions): CloneEngine {
     logger,
     blobConcurrency: config.blobConcurrency,
     retryPolicy,
+    ...(ecr && { prepareTarget: (repository: string) => ecr.ensureRepository(repository) }),
   });
 
   return {

@@ -43,25 +43,36 @@ const NAMESPACE = /^[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[_.
 const SINGLE_SEPARATOR_PATH = /^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:\/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$/;
 const FLAT_COMPONENT = /^[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*$/;
 const HASH_HEX_LENGTH = 64;
-const ECR_HOST = /^\d{12}\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?$/;
+const ECR_HOST = /^\d{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$/;
+
+/** The AWS region of an ECR registry host ("<account>.dkr.ecr.<region>.amazonaws.com"), else undefined. */
+export function ecrRegionOf(registry: string): string | undefined {
+  return ECR_HOST.exec(registry)?.[1];
+}
 
 export function isEcrRegistry(registry: string): boolean {
-  return ECR_HOST.test(registry);
+  return ecrRegionOf(registry) !== undefined;
+}
+
+export interface BackupLocationOptions {
+  readonly layout?: BackupLayout;
+  /** The registry is ECR (single separators); by default, when its host is an ECR host. */
+  readonly ecr?: boolean;
 }
 
 /** The backup location for a registry and namespace, with the layout that registry needs. */
-export function backupLocation(registry: string, namespace: string, layout?: BackupLayout): BackupLocation {
+export function backupLocation(registry: string, namespace: string, options: BackupLocationOptions = {}): BackupLocation {
   const normalisedRegistry = isDockerHub(registry) ? DOCKER_HUB : registry.toLowerCase();
   if (!NAMESPACE.test(namespace)) {
     throw new Error(
       `invalid backup namespace "${namespace}": lowercase letters, digits, separators . _ __ - and / between components`,
     );
   }
-  const singleSeparators = isEcrRegistry(normalisedRegistry);
+  const singleSeparators = options.ecr ?? isEcrRegistry(normalisedRegistry);
   if (singleSeparators && !SINGLE_SEPARATOR_PATH.test(namespace)) {
     throw new Error(`invalid backup namespace "${namespace}" for ECR: only single . _ - between characters`);
   }
-  const chosenLayout = layout ?? (normalisedRegistry === DOCKER_HUB ? 'flat' : 'nested');
+  const chosenLayout = options.layout ?? (normalisedRegistry === DOCKER_HUB ? 'flat' : 'nested');
   if (chosenLayout === 'flat' && namespace.includes('/')) {
     throw new Error(`invalid backup namespace "${namespace}": the flat layout (Docker Hub) allows one level`);
   }

@@ -49,6 +49,8 @@ export interface ImageCopierOptions {
   /** Blobs of one manifest copied at once (the process-wide bound is in the BlobCopier). */
   readonly blobConcurrency: number;
   readonly retryPolicy: RetryPolicy;
+  /** Runs before anything is pushed to a backup repository (ECR creates it). */
+  readonly prepareTarget?: (repository: string) => Promise<void>;
   readonly now?: () => number;
 }
 
@@ -153,6 +155,7 @@ export class ImageCopier {
     if ((await this.tagDigest(target, tag)) === digest) {
       return { source: sourceText, target: targetText, digest, status: 'exists', bytes: 0, ms: 0 };
     }
+    await this.#options.prepareTarget?.(target.repository);
     const held = await this.hasManifest(target, digest);
     if (held) {
       root = await this.fetchManifest(target, digest);

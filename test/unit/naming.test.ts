@@ -15,7 +15,7 @@ import { arbitraryRepositoryName } from './reference.test.ts';
 const hub = backupLocation('docker.io', 'backupacct');
 const oci = backupLocation('registry.example.com:5000', 'backup/mirror');
 const ecr = backupLocation('123456789012.dkr.ecr.eu-west-1.amazonaws.com', 'backup');
-const flatLocal = backupLocation('127.0.0.1:5000', 'backupacct', 'flat');
+const flatLocal = backupLocation('127.0.0.1:5000', 'backupacct', { layout: 'flat' });
 
 const repo = (image: string, location = hub) => backupRepository(parseReference(image), location);
 

@@ -1,0 +1,96 @@
+// AWS ECR as the backup registry: registry credentials from GetAuthorizationToken (the SDK's
+// credential chain signs that call), cached until shortly before they expire, and repositories
+// created on first use, because ECR does not create them on push.
+
+import {
+  CreateRepositoryCommand,
+  ECRClient,
+  GetAuthorizationTokenCommand,
+  type ECRClientConfig,
+} from '@aws-sdk/client-ecr';
+import type { EcrSettings } from './config.ts';
+import type { CredentialSource, Credentials } from './registry/credentials.ts';
+
+/** Renew this long before the token's expiry (tokens last 12 hours). */
+const RENEW_BEFORE_MS = 15 * 60 * 1000;
+
+export interface EcrOptions {
+  /** The registry host the engine pushes to (the ECR host, or a stand-in in tests). */
+  readonly registry: string;
+  readonly region: string;
+  readonly settings: EcrSettings;
+  /** Extra SDK configuration (credentials or endpoint on Workers); Node uses the default chain. */
+  readonly clientConfig?: ECRClientConfig;
+  /** Credentials for every other registry (sources). */
+  readonly fallback: CredentialSource;
+  readonly now?: () => number;
+}
+
+export class Ecr implements CredentialSource {
+  readonly #options: EcrOptions;
+  readonly #client: ECRClient;
+  readonly #now: () => number;
+  #token: { credentials: Credentials; renewAt: number } | undefined;
+  #pendingToken: Promise<Credentials> | undefined;
+  readonly #repositories = new Map<string, Promise<void>>();
+
+  constructor(options: EcrOptions) {
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+    this.#client = new ECRClient({ region: options.region, ...options.clientConfig });
+  }
+
+  async get(registry: string): Promise<Credentials | undefined> {
+    if (registry !== this.#options.registry) return this.#options.fallback.get(registry);
+    if (this.#token && this.#token.renewAt > this.#now()) return this.#token.credentials;
+    this.#pendingToken ??= this.#fetchToken().finally(() => (this.#pendingToken = undefined));
+    return this.#pendingToken;
+  }
+
+  async #fetchToken(): Promise<Credentials> {
+    const output = await this.#client.send(new GetAuthorizationTokenCommand({}));
+    const data = output.authorizationData?.[0];
+    if (!data?.authorizationToken) throw new Error('ECR GetAuthorizationToken returned no token');
+    const decoded = atob(data.authorizationToken);
+    const colon = decoded.indexOf(':');
+    if (colon <= 0) throw new Error('ECR GetAuthorizationToken returned a token of an unexpected form');
+    const credentials = { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+    const expiresAt = data.expiresAt?.getTime() ?? this.#now() + 60 * 60 * 1000;
+    this.#token = { credentials, renewAt: Math.max(this.#now(), expiresAt - RENEW_BEFORE_MS) };
+    return credentials;
+  }
+
+  /** Creates the repository once; one that already exists (a race, or an earlier run) is fine. */
+  ensureRepository(repository: string): Promise<void> {
+    let created = this.#repositories.get(repository);
+    if (!created) {
+      created = this.#create(repository).catch((error) => {
+        this.#repositories.delete(repository);
+        throw error;
+      });
+      this.#repositories.set(repository, created);
+    }
+    return created;
+  }
+
+  async #create(repository: string): Promise<void> {
+    const { settings } = this.#options;
+    try {
+      await this.#client.send(
+        new CreateRepositoryCommand({
+          repositoryName: repository,
+          imageTagMutability: settings.tagMutability,
+          imageScanningConfiguration: { scanOnPush: settings.scanOnPush },
+          encryptionConfiguration: {
+            encryptionType: settings.encryption,
+            ...(settings.encryption === 'KMS' && settings.kmsKey && { kmsKey: settings.kmsKey }),
+          },
+          tags: [{ Key: 'created-by', Value: 'image-clone-controller' }],
+        }),
+      );
+    } catch (error) {
+      if ((error as Error).name === 'RepositoryAlreadyExistsException') return;
+      throw new Error(`ECR CreateRepository ${repository}: ${(error as Error).name}: ${(error as Error).message}`);
+    }
+  }
+}
