@@ -4,7 +4,6 @@
 import { Buffer } from 'node:buffer';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';
-import { bodyLimit } from 'hono/body-limit';
 import { z } from 'zod';
 import type { CloneEvent, CloneResult, Logger } from './copy/image.ts';
 import type { CloneEngine } from './engine.ts';
@@ -53,42 +52,37 @@ export function createApp(options: AppOptions): Hono {
 
   options.extend?.(app);
 
-  app.post(
-    '/clone',
-    bodyLimit({
-      maxSize: BODY_LIMIT_BYTES,
-      onError: (c) => c.json({ error: `request body larger than ${BODY_LIMIT_BYTES / 1024} KiB` }, 400),
-    }),
-    async (c) => {
-      let body: unknown;
-      try {
-        body = JSON.parse(await c.req.text());
-      } catch {
-        return c.json({ error: 'request body is not valid JSON' }, 400);
-      }
-      const parsed = requestSchema.safeParse(body);
-      if (!parsed.success) return c.json({ error: describeIssues(parsed.error, body) }, 400);
-      const { images, callback } = parsed.data;
-      const invalid = invalidReferences(images);
-      if (invalid.length > 0) return c.json({ error: `invalid image references: ${invalid.join('; ')}` }, 400);
+  app.post('/clone', async (c) => {
+    const text = await readBodyLimited(c.req.raw, BODY_LIMIT_BYTES);
+    if (text === undefined) return c.json({ error: `request body larger than ${BODY_LIMIT_BYTES / 1024} KiB` }, 400);
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      return c.json({ error: 'request body is not valid JSON' }, 400);
+    }
+    const parsed = requestSchema.safeParse(body);
+    if (!parsed.success) return c.json({ error: describeIssues(parsed.error, body) }, 400);
+    const { images, callback } = parsed.data;
+    const invalid = invalidReferences(images);
+    if (invalid.length > 0) return c.json({ error: `invalid image references: ${invalid.join('; ')}` }, 400);
 
-      if (callback) {
-        if (!options.jobs) {
-          return c.json({ error: 'callbacks are not enabled on this function (CALLBACK_SECRET is not set)' }, 400);
-        }
-        const id = options.newJobId?.() ?? crypto.randomUUID();
-        await options.jobs.submit({ id, images, callback });
-        options.logger.info({ job: id, images: images.length }, 'clone job accepted');
-        return c.json({ job: id }, 202);
+    if (callback) {
+      if (!options.jobs) {
+        return c.json({ error: 'callbacks are not enabled on this function (CALLBACK_SECRET is not set)' }, 400);
       }
+      const id = options.newJobId?.() ?? crypto.randomUUID();
+      await options.jobs.submit({ id, images, callback });
+      options.logger.info({ job: id, images: images.length }, 'clone job accepted');
+      return c.json({ job: id }, 202);
+    }
 
-      if ((c.req.header('accept') ?? '').includes('application/x-ndjson')) {
-        return streamProgress(options.engine, images);
-      }
-      const results = await options.engine.cloneAll(images);
-      return c.json({ results });
-    },
-  );
+    if ((c.req.header('accept') ?? '').includes('application/x-ndjson')) {
+      return streamProgress(options.engine, images);
+    }
+    const results = await options.engine.cloneAll(images);
+    return c.json({ results });
+  });
 
   app.notFound((c) => c.json({ error: `no route for ${c.req.method} ${new URL(c.req.url).pathname}` }, 404));
   app.onError((error, c) => {
@@ -96,6 +90,38 @@ export function createApp(options: AppOptions): Hono {
     return c.json({ error: 'internal error' }, 500);
   });
   return app;
+}
+
+/** Bytes of an oversized body read (and dropped) so the client can still read the answer. */
+const DRAIN_LIMIT_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The body as text, or undefined when it exceeds `limit`. An oversized body is still read to its
+ * end (up to a bound): closing the connection mid-upload would hide the 400 from the client.
+ */
+async function readBodyLimited(request: Request, limit: number): Promise<string | undefined> {
+  if (!request.body) return '';
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > DRAIN_LIMIT_BYTES) {
+      await reader.cancel();
+      return undefined;
+    }
+    if (size <= limit) chunks.push(value);
+  }
+  if (size > limit) return undefined;
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return new TextDecoder().decode(bytes);
 }
 
 function cloneRequestSchema(maxImages: number) {
@@ -118,7 +144,8 @@ function describeIssues(error: z.ZodError, body: unknown): string {
     .slice(0, 5)
     .map((issue) => {
       if (issue.code === 'unrecognized_keys') return `unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
-      if (issue.code === 'invalid_type' && valueAt(body, issue.path) === undefined) return `missing field "${issue.path.join('.')}"`;
+      if (issue.code === 'invalid_type' && valueAt(body, issue.path) === undefined)
+        return `missing field "${issue.path.join('.')}"`;
       return issue.message;
     })
     .join('; ');

@@ -75,7 +75,8 @@ export async function deliverCallback(delivery: CallbackDelivery): Promise<boole
           [CALLBACK_HEADERS.signature]: signCallback(delivery.secret, timestamp, delivery.body),
         },
         body: delivery.body,
-        redirect: 'error',
+        // A redirect would carry the signed results elsewhere: a 3xx counts as a refusal.
+        redirect: 'manual',
         signal: AbortSignal.timeout(30_000),
       });
       await response.body?.cancel().catch(() => {});

@@ -57,7 +57,15 @@ const integer = (fallback: number, min: number, max: number) =>
 const list = z
   .string()
   .optional()
-  .transform((value) => new Set((value ?? '').split(',').map((item) => item.trim()).filter(Boolean)));
+  .transform(
+    (value) =>
+      new Set(
+        (value ?? '')
+          .split(',')
+          .map((item) => item.trim())
+          .filter(Boolean),
+      ),
+  );
 
 const boolean = (fallback: boolean) =>
   z
@@ -77,7 +85,9 @@ const environment = z.object({
     .string({ error: 'is required (the bearer token callers must send)' })
     .min(16, 'must be at least 16 characters (generate one with: openssl rand -hex 32)'),
   BACKUP_REGISTRY: z.string().optional().default('docker.io'),
-  BACKUP_NAMESPACE: z.string({ error: 'is required (Docker Hub account, ECR prefix or path for the backups)' }).min(1, 'is required'),
+  BACKUP_NAMESPACE: z
+    .string({ error: 'is required (Docker Hub account, ECR prefix or path for the backups)' })
+    .min(1, 'is required'),
   BACKUP_LAYOUT: z.enum(['flat', 'nested']).optional(),
   INSECURE_REGISTRIES: list,
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional().default('info'),
@@ -87,7 +97,10 @@ const environment = z.object({
   TRANSFER_CONCURRENCY: integer(8, 1, 256),
   CALLBACK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   CALLBACK_DEADLINE_SECONDS: integer(900, 1, 86_400),
-  ECR_REGION: z.string().regex(/^[a-z]{2}(?:-[a-z]+)+-\d$/, 'must be an AWS region such as eu-west-1').optional(),
+  ECR_REGION: z
+    .string()
+    .regex(/^[a-z]{2}(?:-[a-z]+)+-\d$/, 'must be an AWS region such as eu-west-1')
+    .optional(),
   ECR_TAG_MUTABILITY: z.enum(['MUTABLE', 'IMMUTABLE']).optional().default('MUTABLE'),
   ECR_SCAN_ON_PUSH: boolean(false),
   ECR_ENCRYPTION: z.enum(['AES256', 'KMS']).optional().default('AES256'),

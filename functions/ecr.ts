@@ -2,12 +2,7 @@
 // credential chain signs that call), cached until shortly before they expire, and repositories
 // created on first use, because ECR does not create them on push.
 
-import {
-  CreateRepositoryCommand,
-  ECRClient,
-  GetAuthorizationTokenCommand,
-  type ECRClientConfig,
-} from '@aws-sdk/client-ecr';
+import { CreateRepositoryCommand, ECRClient, GetAuthorizationTokenCommand, type ECRClientConfig } from '@aws-sdk/client-ecr';
 import type { EcrSettings } from './config.ts';
 import type { CredentialSource, Credentials } from './registry/credentials.ts';
 

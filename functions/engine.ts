@@ -43,7 +43,10 @@ export function createEngine(options: EngineOptions): CloneEngine {
   const { config, logger, observer } = options;
   const retryPolicy = options.retryPolicy ?? DEFAULT_RETRY_POLICY;
   const logRetry = (info: { registry?: string; what: string; attempt: number; delayMs: number; error: unknown }) => {
-    logger.warn({ what: info.what, attempt: info.attempt, delayMs: info.delayMs, error: describeError(info.error) }, 'retrying registry request');
+    logger.warn(
+      { what: info.what, attempt: info.attempt, delayMs: info.delayMs, error: describeError(info.error) },
+      'retrying registry request',
+    );
     observer?.retried?.(info);
   };
   let credentials = options.credentials ?? new StaticCredentials(config.credentials);

@@ -18,7 +18,11 @@ export function createFunctionMetrics(): FunctionMetrics {
     labelNames: ['status'] as const,
     registers: [registry],
   });
-  const bytes = new Counter({ name: 'image_clone_bytes_copied_total', help: 'Blob bytes uploaded to the backup registry.', registers: [registry] });
+  const bytes = new Counter({
+    name: 'image_clone_bytes_copied_total',
+    help: 'Blob bytes uploaded to the backup registry.',
+    registers: [registry],
+  });
   const duration = new Histogram({
     name: 'image_clone_copy_duration_seconds',
     help: 'Time to back up one image, by result status.',
@@ -27,7 +31,11 @@ export function createFunctionMetrics(): FunctionMetrics {
     registers: [registry],
   });
   const inFlight = new Gauge({ name: 'image_clone_copies_in_flight', help: 'Image copies running now.', registers: [registry] });
-  const retries = new Counter({ name: 'image_clone_registry_retries_total', help: 'Registry requests and blob transfers retried.', registers: [registry] });
+  const retries = new Counter({
+    name: 'image_clone_registry_retries_total',
+    help: 'Registry requests and blob transfers retried.',
+    registers: [registry],
+  });
   for (const status of ['copied', 'exists', 'failed']) {
     clones.inc({ status }, 0);
   }

@@ -168,7 +168,10 @@ export function decodeFlat(encoded: string): string {
 function hashedComponent(sourceName: string, maxLength: number, length?: number): string {
   const hex = createHash('sha256').update(sourceName).digest('hex');
   const room = (length ?? maxLength) - HASH_HEX_LENGTH - 1;
-  const words = sourceName.toLowerCase().split(/[^a-z0-9]+/).filter(Boolean);
+  const words = sourceName
+    .toLowerCase()
+    .split(/[^a-z0-9]+/)
+    .filter(Boolean);
   let prefix = words.join('-').slice(0, room).replace(/-+$/, '');
   if (length !== undefined) prefix = prefix.padEnd(room, '0');
   if (prefix === '') prefix = 'image';

@@ -21,7 +21,9 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): FunctionConfig
     try {
       fileContent = readFileSync(file, 'utf8');
     } catch (error) {
-      throw new ConfigError(`invalid configuration: REGISTRY_AUTH_FILE: cannot read ${file} (${(error as NodeJS.ErrnoException).code})`);
+      throw new ConfigError(
+        `invalid configuration: REGISTRY_AUTH_FILE: cannot read ${file} (${(error as NodeJS.ErrnoException).code})`,
+      );
     }
   }
   return loadConfig(env, fileContent);
@@ -31,7 +33,10 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): FunctionConfig
 function registryFetch(): FetchLike {
   const dispatcher = new Agent({ connections: 16, keepAliveTimeout: 30_000, connectTimeout: 15_000 });
   return ((input: string | URL | Request, init?: RequestInit) =>
-    undiciFetch(input as Parameters<typeof undiciFetch>[0], { ...(init as object), dispatcher } as Parameters<typeof undiciFetch>[1])) as unknown as FetchLike;
+    undiciFetch(
+      input as Parameters<typeof undiciFetch>[0],
+      { ...(init as object), dispatcher } as Parameters<typeof undiciFetch>[1],
+    )) as unknown as FetchLike;
 }
 
 /** Callback jobs in this process: started at once, their callbacks retried until the deadline. */
@@ -90,11 +95,16 @@ export function startFunction(env: NodeJS.ProcessEnv = process.env) {
     maxImagesPerRequest: config.maxImagesPerRequest,
     ...(jobs && { jobs }),
     extend: (routes) => {
-      routes.get('/metrics', async (c) => c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
+      routes.get('/metrics', async (c) =>
+        c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }),
+      );
     },
   });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: env.HOST ?? '0.0.0.0' }, (info) => {
-    logger.info({ port: info.port, backupRegistry: config.backup.registry, backupNamespace: config.backup.namespace }, 'clone function listening');
+    logger.info(
+      { port: info.port, backupRegistry: config.backup.registry, backupNamespace: config.backup.namespace },
+      'clone function listening',
+    );
   });
 
   const shutdown = async (signal: string) => {

@@ -12,9 +12,7 @@ const TAG_LENGTH_MAX = 128;
 
 const PATH_COMPONENT = /^[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*$/;
 const DOMAIN_COMPONENT = '(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])';
-const DOMAIN = new RegExp(
-  `^(?:${DOMAIN_COMPONENT}(?:\\.${DOMAIN_COMPONENT})*|\\[[a-fA-F0-9:]+\\])(?::[0-9]+)?$`,
-);
+const DOMAIN = new RegExp(`^(?:${DOMAIN_COMPONENT}(?:\\.${DOMAIN_COMPONENT})*|\\[[a-fA-F0-9:]+\\])(?::[0-9]+)?$`);
 const TAG = /^[\w][\w.-]*$/;
 const DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
 const ANY_DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
@@ -114,9 +112,7 @@ function splitRegistry(name: string): { registry: string; repository: string } {
   const first = slash === -1 ? '' : name.slice(0, slash);
   const looksLikeHost =
     slash !== -1 && (first.includes('.') || first.includes(':') || first === 'localhost' || first !== first.toLowerCase());
-  return looksLikeHost
-    ? { registry: first, repository: name.slice(slash + 1) }
-    : { registry: DOCKER_HUB, repository: name };
+  return looksLikeHost ? { registry: first, repository: name.slice(slash + 1) } : { registry: DOCKER_HUB, repository: name };
 }
 
 /** `registry/repository` */

@@ -56,7 +56,9 @@ const instances = new WeakMap<object, Instance>();
 function instance(env: WorkerEnv): Instance {
   let existing = instances.get(env);
   if (existing) return existing;
-  const variables = Object.fromEntries(Object.entries(env).filter((entry): entry is [string, string] => typeof entry[1] === 'string'));
+  const variables = Object.fromEntries(
+    Object.entries(env).filter((entry): entry is [string, string] => typeof entry[1] === 'string'),
+  );
   const config = loadConfig(variables);
   const engine = createEngine({
     config,

@@ -78,7 +78,13 @@ export class BlobCopier {
     );
   }
 
-  async #copyOnce(source: Repository, target: Repository, blob: Descriptor, what: string, onBytes?: (done: number) => void): Promise<BlobOutcome> {
+  async #copyOnce(
+    source: Repository,
+    target: Repository,
+    blob: Descriptor,
+    what: string,
+    onBytes?: (done: number) => void,
+  ): Promise<BlobOutcome> {
     const { client, known } = this.#options;
     const head = await client.send({
       registry: target.registry,
@@ -129,6 +135,8 @@ export class BlobCopier {
       scopes: [pullScope(source.repository)],
       what: `download ${what}`,
       expect: [200],
+      // Compressed transfer would be undone by fetch and the bytes would no longer hash to the digest.
+      headers: { 'accept-encoding': 'identity' },
       signal: downloadControl.signal,
     });
     if (!download.body) throw new RegistryError(`download ${what}: empty response`, 502);

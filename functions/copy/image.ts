@@ -113,7 +113,13 @@ export class ImageCopier {
     try {
       if (isBackupImage(source, backup)) {
         const digest = source.digest ?? (await this.resolveDigest(source, source.tag!)).digest;
-        result = { source: sourceText, target: `${repositoryName(source)}${source.tag ? `:${source.tag}` : ''}@${digest}`, digest, status: 'exists', ms: 0 };
+        result = {
+          source: sourceText,
+          target: `${repositoryName(source)}${source.tag ? `:${source.tag}` : ''}@${digest}`,
+          digest,
+          status: 'exists',
+          ms: 0,
+        };
       } else {
         result = await this.#backUp(source, emit, progress);
       }
@@ -125,7 +131,14 @@ export class ImageCopier {
       logger.warn({ image: sourceText, error: result.error, ms: result.ms }, 'clone failed');
     } else {
       logger.info(
-        { image: sourceText, target: result.target, digest: result.digest, status: result.status, bytes: result.bytes, ms: result.ms },
+        {
+          image: sourceText,
+          target: result.target,
+          digest: result.digest,
+          status: result.status,
+          bytes: result.bytes,
+          ms: result.ms,
+        },
         'clone finished',
       );
     }
@@ -205,7 +218,7 @@ export class ImageCopier {
     const head = await this.#options.client.send({
       registry: repository.registry,
       method: 'HEAD',
-      path: `/v2/${repository.repository}/manifests/${encodeURIComponent(tag)}`,
+      path: `/v2/${repository.repository}/manifests/${tag}`,
       scopes: [pullScope(repository.repository)],
       what: `resolve ${repositoryName(repository)}:${tag}`,
       expect: [200, 404],
@@ -240,7 +253,7 @@ export class ImageCopier {
     const head = await this.#options.client.send({
       registry: repository.registry,
       method: 'HEAD',
-      path: `/v2/${repository.repository}/manifests/${encodeURIComponent(tag)}`,
+      path: `/v2/${repository.repository}/manifests/${tag}`,
       scopes: [pullScope(repository.repository)],
       what: `check tag ${repositoryName(repository)}:${tag}`,
       expect: [200, 404],
@@ -260,7 +273,7 @@ export class ImageCopier {
         const response = await this.#options.client.send({
           registry: repository.registry,
           method: 'GET',
-          path: `/v2/${repository.repository}/manifests/${encodeURIComponent(reference)}`,
+          path: `/v2/${repository.repository}/manifests/${reference}`,
           scopes: [pullScope(repository.repository)],
           what: `get manifest ${name}`,
           expect: [200, 404],
@@ -289,7 +302,7 @@ export class ImageCopier {
       const response = await this.#options.client.send({
         registry: repository.registry,
         method: 'PUT',
-        path: `/v2/${repository.repository}/manifests/${encodeURIComponent(reference)}`,
+        path: `/v2/${repository.repository}/manifests/${reference}`,
         scopes: [pushScope(repository.repository)],
         what: `push manifest ${name}`,
         expect: [201, 200, 204],

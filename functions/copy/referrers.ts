@@ -20,7 +20,14 @@ export class ReferrerCopier {
     this.#images = images;
   }
 
-  async copy(source: Repository, target: Repository, digest: string, sourceText: string, emit: EmitEvent, progress: { bytes: number }): Promise<void> {
+  async copy(
+    source: Repository,
+    target: Repository,
+    digest: string,
+    sourceText: string,
+    emit: EmitEvent,
+    progress: { bytes: number },
+  ): Promise<void> {
     const schemeTag = digest.replace(':', '-');
     const listed = await this.#listReferrers(source, digest);
     const tagIndex = listed === undefined ? await this.#fetchIfPresent(source, schemeTag) : undefined;
@@ -89,7 +96,12 @@ export class ReferrerCopier {
    * Keeps the target's tag-scheme index listing every referrer: the source's exact index when the
    * target has none, else the union of both.
    */
-  async #updateTagIndex(target: Repository, tag: string, referrers: readonly Descriptor[], sourceIndex: FetchedManifest | undefined): Promise<void> {
+  async #updateTagIndex(
+    target: Repository,
+    tag: string,
+    referrers: readonly Descriptor[],
+    sourceIndex: FetchedManifest | undefined,
+  ): Promise<void> {
     const existing = await this.#fetchIfPresent(target, tag);
     if (!existing && sourceIndex) {
       await this.#images.pushManifest(target, tag, sourceIndex);

@@ -105,7 +105,8 @@ export class Authenticator {
     if (credentials) headers.authorization = basicHeader(credentials);
 
     const requestedAt = this.#now();
-    const response = await this.#options.fetch(url, { headers, redirect: 'error' });
+    // No redirects: credentials were meant for this realm only ("error" does not exist in workerd).
+    const response = await this.#options.fetch(url, { headers, redirect: 'manual' });
     if (!response.ok) {
       throw await RegistryError.fromResponse(response, `token request for ${registry} (${url.host})`);
     }

@@ -55,7 +55,10 @@ export function parseDockerConfig(json: string): Map<string, Credentials> {
 
 /** "https://index.docker.io/v1/" → "docker.io"; "https://quay.io" → "quay.io". */
 export function registryFromKey(key: string): string {
-  const host = key.replace(/^[a-z]+:\/\//i, '').replace(/\/.*$/, '').toLowerCase();
+  const host = key
+    .replace(/^[a-z]+:\/\//i, '')
+    .replace(/\/.*$/, '')
+    .toLowerCase();
   return isDockerHub(host) ? 'docker.io' : host;
 }
 
@@ -72,7 +75,9 @@ export class StaticCredentials implements CredentialSource {
 function decodeBase64(text: string): string | undefined {
   if (!/^[A-Za-z0-9+/=\s]+$/.test(text)) return undefined;
   try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(Uint8Array.from(atob(text.replace(/\s/g, '')), (c) => c.charCodeAt(0)));
+    return new TextDecoder('utf-8', { fatal: true }).decode(
+      Uint8Array.from(atob(text.replace(/\s/g, '')), (c) => c.charCodeAt(0)),
+    );
   } catch {
     return undefined;
   }

@@ -36,7 +36,11 @@ function setup(options: { jobs?: CloneJob[] } = {}) {
     ...(options.jobs && { jobs: { submit: async (job: CloneJob) => void options.jobs!.push(job) } }),
   });
   const post = (body: string, headers: Record<string, string> = {}) =>
-    app.request('/clone', { method: 'POST', body, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...headers } });
+    app.request('/clone', {
+      method: 'POST',
+      body,
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...headers },
+    });
   return { app, engine, post };
 }
 
@@ -80,7 +84,9 @@ describe('POST /clone', () => {
     const wrong = await app.request('/clone', { method: 'POST', body, headers: { authorization: 'Bearer nope' } });
     expect(wrong.status).toBe(401);
     expect(wrong.headers.get('www-authenticate')).toMatch(/^Bearer/);
-    expect((await app.request('/clone', { method: 'POST', body, headers: { authorization: `Basic ${TOKEN}` } })).status).toBe(401);
+    expect((await app.request('/clone', { method: 'POST', body, headers: { authorization: `Basic ${TOKEN}` } })).status).toBe(
+      401,
+    );
     expect((await app.request('/healthz')).status).toBe(200);
   });
 
@@ -88,7 +94,10 @@ describe('POST /clone', () => {
     const { post } = setup();
     const response = await post(JSON.stringify({ images: ['a', 'broken/b'] }), { accept: 'application/x-ndjson' });
     expect(response.headers.get('content-type')).toBe('application/x-ndjson');
-    const lines = (await response.text()).trim().split('\n').map((line) => JSON.parse(line));
+    const lines = (await response.text())
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line));
     expect(lines.map((l) => l.type)).toEqual(['image', 'result', 'image', 'result', 'done']);
     expect(lines.at(-1).results).toHaveLength(2);
   });
@@ -96,7 +105,9 @@ describe('POST /clone', () => {
   it('accepts a callback job with 202 and hands it to the job runner', async () => {
     const jobs: CloneJob[] = [];
     const { post, engine } = setup({ jobs });
-    const response = await post(JSON.stringify({ images: ['a'], callback: { url: 'http://bridge/cb', context: { key: 'ns/x' } } }));
+    const response = await post(
+      JSON.stringify({ images: ['a'], callback: { url: 'http://bridge/cb', context: { key: 'ns/x' } } }),
+    );
     expect(response.status).toBe(202);
     expect(await response.json()).toEqual({ job: 'job-1' });
     expect(jobs).toEqual([{ id: 'job-1', images: ['a'], callback: { url: 'http://bridge/cb', context: { key: 'ns/x' } } }]);

@@ -17,10 +17,22 @@ describe('callback signatures', () => {
 
   it('refuses another body, another secret, an old timestamp and missing headers', () => {
     const signature = signCallback(SECRET, now, body);
-    expect(verifyCallback(SECRET, { timestamp: String(now), signature }, `${body} `, now)).toEqual({ ok: false, reason: 'mismatch' });
-    expect(verifyCallback('another-secret-value', { timestamp: String(now), signature }, body, now)).toEqual({ ok: false, reason: 'mismatch' });
-    expect(verifyCallback(SECRET, { timestamp: String(now), signature }, body, now + 301)).toEqual({ ok: false, reason: 'stale' });
-    expect(verifyCallback(SECRET, { timestamp: String(now + 1), signature }, body, now)).toEqual({ ok: false, reason: 'mismatch' });
+    expect(verifyCallback(SECRET, { timestamp: String(now), signature }, `${body} `, now)).toEqual({
+      ok: false,
+      reason: 'mismatch',
+    });
+    expect(verifyCallback('another-secret-value', { timestamp: String(now), signature }, body, now)).toEqual({
+      ok: false,
+      reason: 'mismatch',
+    });
+    expect(verifyCallback(SECRET, { timestamp: String(now), signature }, body, now + 301)).toEqual({
+      ok: false,
+      reason: 'stale',
+    });
+    expect(verifyCallback(SECRET, { timestamp: String(now + 1), signature }, body, now)).toEqual({
+      ok: false,
+      reason: 'mismatch',
+    });
     expect(verifyCallback(SECRET, { timestamp: '12abc', signature }, body, now)).toEqual({ ok: false, reason: 'stale' });
     expect(verifyCallback(SECRET, { timestamp: undefined, signature }, body, now)).toEqual({ ok: false, reason: 'missing' });
   });
@@ -39,7 +51,11 @@ describe('deliverCallback', () => {
     const delivered = await deliverCallback({
       fetch: async (_url, init) => {
         const headers = new Headers(init?.headers);
-        seen.push({ timestamp: headers.get('x-clone-timestamp')!, signature: headers.get('x-clone-signature')!, body: String(init?.body) });
+        seen.push({
+          timestamp: headers.get('x-clone-timestamp')!,
+          signature: headers.get('x-clone-signature')!,
+          body: String(init?.body),
+        });
         return new Response(null, { status: statuses.shift()! });
       },
       url: 'http://bridge/callback?token=not-logged',

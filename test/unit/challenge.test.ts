@@ -4,7 +4,9 @@ import { parseChallenges } from '../../functions/registry/challenge.ts';
 describe('parseChallenges', () => {
   it('reads a Docker Hub bearer challenge', () => {
     expect(
-      parseChallenges('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull"'),
+      parseChallenges(
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull"',
+      ),
     ).toEqual([
       {
         scheme: 'bearer',

@@ -14,7 +14,12 @@ describe('parseManifest', () => {
         mediaType: MEDIA_TYPES.ociIndex,
         manifests: [
           { mediaType: MEDIA_TYPES.ociManifest, digest: d(1), size: 10, platform: { os: 'linux', architecture: 'amd64' } },
-          { mediaType: MEDIA_TYPES.ociManifest, digest: d(2), size: 10, annotations: { 'vnd.docker.reference.type': 'attestation-manifest' } },
+          {
+            mediaType: MEDIA_TYPES.ociManifest,
+            digest: d(2),
+            size: 10,
+            annotations: { 'vnd.docker.reference.type': 'attestation-manifest' },
+          },
         ],
       }),
     );
@@ -32,7 +37,12 @@ describe('parseManifest', () => {
         layers: [
           { mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', digest: d(2), size: 5 },
           { mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', digest: d(2), size: 5 },
-          { mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip', digest: d(3), size: 5, urls: ['https://x/y'] },
+          {
+            mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+            digest: d(3),
+            size: 5,
+            urls: ['https://x/y'],
+          },
         ],
       }),
     );
@@ -66,8 +76,14 @@ describe('parseManifest', () => {
     [enc([]), /not a JSON object/],
     [enc({ schemaVersion: 1, fsLayers: [] }), /schema 1/],
     [enc({ schemaVersion: 2, mediaType: 'text/plain' }), /unsupported manifest media type/],
-    [enc({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: [{ digest: 'nope', size: 1, mediaType: 'x' }] }), /invalid digest/],
-    [enc({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociManifest, config: { digest: d(1), size: -1, mediaType: 'x' } }), /invalid size/],
+    [
+      enc({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: [{ digest: 'nope', size: 1, mediaType: 'x' }] }),
+      /invalid digest/,
+    ],
+    [
+      enc({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociManifest, config: { digest: d(1), size: -1, mediaType: 'x' } }),
+      /invalid size/,
+    ],
   ])('refuses bad manifests (%#)', (bytes, message) => {
     expect(() => parseManifest(bytes)).toThrow(message);
   });
@@ -105,7 +121,11 @@ describe('DigestVerifier', () => {
   });
 
   it('errors instead of releasing the last chunk when the digest differs', async () => {
-    const result = await pass([content.subarray(0, 5), content.subarray(5)], digestOf(new TextEncoder().encode('other')), content.length);
+    const result = await pass(
+      [content.subarray(0, 5), content.subarray(5)],
+      digestOf(new TextEncoder().encode('other')),
+      content.length,
+    );
     expect(result.error).toBeInstanceOf(DigestMismatchError);
     expect(result.failure).toBe(result.error);
     expect(result.received.reduce((a, b) => a + b, 0)).toBeLessThan(content.length);

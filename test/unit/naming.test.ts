@@ -67,9 +67,7 @@ describe('flat layout (Docker Hub: one level under the account)', () => {
 
   it('never maps two different names to one repository, hashed ones included', () => {
     const longComponent = fc.stringMatching(/^[a-z0-9]{40,60}$/);
-    const longName = fc
-      .array(longComponent, { minLength: 3, maxLength: 4 })
-      .map((parts) => `example.com/${parts.join('/')}`);
+    const longName = fc.array(longComponent, { minLength: 3, maxLength: 4 }).map((parts) => `example.com/${parts.join('/')}`);
     fc.assert(
       fc.property(fc.uniqueArray(fc.oneof(arbitraryRepositoryName(), longName), { minLength: 2, maxLength: 30 }), (names) => {
         const sources = new Set(names.map((n) => repositoryName(parseReference(n))));

@@ -115,7 +115,8 @@ export function arbitraryRepositoryName(): fc.Arbitrary<string> {
   const host = fc.oneof(
     fc.constant('docker.io'),
     fc.constant('localhost'),
-    fc.tuple(fc.array(hostLabel, { minLength: 2, maxLength: 3 }), fc.option(fc.integer({ min: 1, max: 65535 })))
+    fc
+      .tuple(fc.array(hostLabel, { minLength: 2, maxLength: 3 }), fc.option(fc.integer({ min: 1, max: 65535 })))
       .map(([labels, port]) => labels.join('.') + (port === null ? '' : `:${port}`)),
     fc.tuple(hostLabel, fc.integer({ min: 1, max: 65535 })).map(([label, port]) => `${label}:${port}`),
   );

@@ -50,7 +50,12 @@ describe('withRetries', () => {
   it('gives up on a Retry-After longer than the policy allows, and on permanent errors at once', async () => {
     const c = clock();
     await expect(
-      withRetries(async () => Promise.reject(new RegistryError('later', 429, undefined, 60_000)), { policy, classify: classifyError, sleep: c.sleep, now: c.now }),
+      withRetries(async () => Promise.reject(new RegistryError('later', 429, undefined, 60_000)), {
+        policy,
+        classify: classifyError,
+        sleep: c.sleep,
+        now: c.now,
+      }),
     ).rejects.toThrow('later');
     let calls = 0;
     await expect(

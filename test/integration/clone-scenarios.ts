@@ -1,0 +1,373 @@
+// The clone scenarios every runtime must pass, against real registries: an anonymous source behind
+// a fault-injecting proxy, and a backup with Docker-Hub-style token auth and the flat layout.
+// Included by clone-node.test.ts and clone-worker.test.ts.
+
+import { createHmac } from 'node:crypto';
+import { createServer, type IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupLocation, backupReference } from '../../functions/naming.ts';
+import { parseReference, repositoryName } from '../../functions/reference.ts';
+import type { CloneFunction, FunctionEnv } from '../support/clone-function.ts';
+import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
+import {
+  dockerImage,
+  dockerManifestList,
+  fetchBlob,
+  fetchManifest,
+  foreignLayerImage,
+  manyLayersImage,
+  ociImage,
+  ociIndexWithAttestations,
+  prettyPrintedImage,
+  pushImage,
+  referrersTag,
+  referrersTagIndex,
+  registrySession,
+  sha256Digest,
+  signatureArtifact,
+  zstdImage,
+  type RegistrySession,
+  type TestImage,
+} from '../support/images.ts';
+import { corruptBlob, startRegistry, type Registry } from '../support/registry.ts';
+
+export const NAMESPACE = 'backupacct';
+const CALLBACK_SECRET = 'callback-secret-of-the-clone-tests';
+
+export interface Result {
+  source: string;
+  target?: string;
+  digest?: string;
+  status: 'copied' | 'exists' | 'failed';
+  bytes?: number;
+  ms: number;
+  error?: string;
+}
+
+export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv) => Promise<CloneFunction>): void {
+  describe(`clone scenarios (${runtime})`, () => {
+    let source: Registry;
+    let proxy: FaultProxy;
+    let backup: Registry;
+    let backupSession: RegistrySession;
+    let fn: CloneFunction;
+    const location = () => backupLocation(backup.host, NAMESPACE, { layout: 'flat' });
+
+    beforeAll(async () => {
+      [source, backup] = await Promise.all([
+        startRegistry({ auth: 'none', allowForeignUrls: true }),
+        startRegistry({ auth: 'token', allowForeignUrls: true }),
+      ]);
+      proxy = await startFaultProxy(source.url);
+      backupSession = registrySession(backup.url, { credentials: backup.credentials! });
+      fn = await start({
+        BACKUP_REGISTRY: backup.host,
+        BACKUP_NAMESPACE: NAMESPACE,
+        BACKUP_LAYOUT: 'flat',
+        INSECURE_REGISTRIES: `${proxy.host},${backup.host}`,
+        REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [backup.host]: backup.credentials } }),
+        CALLBACK_SECRET,
+      });
+    });
+
+    afterAll(async () => {
+      await fn?.stop();
+      await proxy?.stop();
+      await Promise.all([source?.stop(), backup?.stop()]);
+    });
+
+    /** Seeds the source through the registry's own port (no faults), returns the reference. */
+    async function seed(repo: string, image: TestImage, tag = 'v1'): Promise<string> {
+      await pushImage(source.url, repo, image, { tag });
+      return `${proxy.host}/${repo}:${tag}`;
+    }
+
+    async function clone(images: string[]): Promise<Result[]> {
+      const response = await fn.clone({ images });
+      expect(response.status, JSON.stringify(response.body)).toBe(200);
+      return response.body.results;
+    }
+
+    function expectedTarget(reference: string) {
+      const target = backupReference(parseReference(reference), location());
+      return { repository: target.repository, tag: target.tag!, name: repositoryName(target) };
+    }
+
+    /** Every manifest hashes to its digest in the backup, every blob is there, foreign ones are not. */
+    async function expectBackedUp(image: TestImage, reference: string, result: Result): Promise<void> {
+      const target = expectedTarget(reference);
+      expect(result.status, result.error).not.toBe('failed');
+      expect(result.digest).toBe(image.root.digest);
+      expect(result.target).toBe(`${target.name}:${target.tag}@${image.root.digest}`);
+      for (const manifest of image.manifests) {
+        const fetched = await fetchManifest(backupSession, target.repository, manifest.digest);
+        expect(fetched.status).toBe(200);
+        expect(sha256Digest(fetched.bytes)).toBe(manifest.digest);
+        expect(fetched.headers.get('content-type')).toBe(manifest.mediaType);
+      }
+      for (const blob of image.blobs) {
+        const fetched = await fetchBlob(backupSession, target.repository, blob.digest);
+        expect(fetched.status, blob.digest).toBe(200);
+        expect(sha256Digest(fetched.bytes)).toBe(blob.digest);
+      }
+      for (const layer of image.foreignLayers) {
+        const head = await backupSession.fetch(`/v2/${target.repository}/blobs/${layer.digest}`, { method: 'HEAD' });
+        expect(head.status).toBe(404);
+      }
+      const tagged = await fetchManifest(backupSession, target.repository, target.tag);
+      expect(sha256Digest(tagged.bytes)).toBe(image.root.digest);
+    }
+
+    const catalogue: Array<[string, () => TestImage]> = [
+      ['a Docker manifest list with three platforms', () => dockerManifestList(`${runtime}-list`)],
+      ['an OCI index with BuildKit attestation manifests', () => ociIndexWithAttestations(`${runtime}-attest`)],
+      ['a single Docker schema2 manifest', () => dockerImage(`${runtime}-docker`)],
+      ['a single OCI manifest', () => ociImage(`${runtime}-oci`)],
+      ['60 small layers', () => manyLayersImage(`${runtime}-many`)],
+      ['a foreign (non-distributable) layer', () => foreignLayerImage(`${runtime}-foreign`)],
+      ['zstd layers', () => zstdImage(`${runtime}-zstd`)],
+      ['pretty-printed manifests', () => prettyPrintedImage(`${runtime}-pretty`)],
+    ];
+
+    it.each(catalogue)('copies %s digest-exact, then finds it there', async (name, build) => {
+      const image = build();
+      const reference = await seed(
+        `catalogue/${name
+          .replace(/[^a-z0-9]+/gi, '-')
+          .toLowerCase()
+          .replace(/^-|-$/g, '')}`,
+        image,
+      );
+      const [first] = await clone([reference]);
+      await expectBackedUp(image, reference, first!);
+      expect(first!.status).toBe('copied');
+      expect(first!.bytes).toBeGreaterThan(0);
+      const [second] = await clone([reference]);
+      expect(second).toMatchObject({ status: 'exists', bytes: 0, digest: image.root.digest, target: first!.target });
+    });
+
+    it('keeps a deep repository path apart from its flattened look-alikes', async () => {
+      const image = ociImage(`${runtime}-deep`);
+      const deep = await seed('team/a/b-c/d/e/f', image);
+      const lookalike = await seed('team/a-b/c/d/e/f', ociImage(`${runtime}-lookalike`));
+      const [a, b] = await clone([deep, lookalike]);
+      await expectBackedUp(image, deep, a!);
+      const repositoryOf = (target: string) => target.replace(/:[^:/]+@sha256:[0-9a-f]+$/, '');
+      expect(repositoryOf(a!.target!)).not.toBe(repositoryOf(b!.target!));
+      expect(repositoryOf(b!.target!)).toMatch(/_team_a-b_c_d_e_f$/);
+    });
+
+    it('tags a digest-only source with a tag derived from its digest', async () => {
+      const image = dockerImage(`${runtime}-by-digest`);
+      await pushImage(source.url, 'bydigest/app', image);
+      const reference = `${proxy.host}/bydigest/app@${image.root.digest}`;
+      const [result] = await clone([reference]);
+      await expectBackedUp(image, reference, result!);
+      expect(result!.target).toContain(`:digest-sha256-${image.root.digest.slice(7)}@`);
+    });
+
+    it('copies a signature that refers to the image, with the referrers tag-scheme index', async () => {
+      const image = ociImage(`${runtime}-signed`);
+      const reference = await seed('signed/app', image);
+      const signature = signatureArtifact(`${runtime}-sig`, image.root);
+      const index = referrersTagIndex([signature]);
+      await pushImage(source.url, 'signed/app', index, { tag: referrersTag(image.root.digest) });
+
+      const [result] = await clone([reference]);
+      await expectBackedUp(image, reference, result!);
+      const { repository } = expectedTarget(reference);
+      const copiedSignature = await fetchManifest(backupSession, repository, signature.root.digest);
+      expect(sha256Digest(copiedSignature.bytes)).toBe(signature.root.digest);
+      const tagIndex = await fetchManifest(backupSession, repository, referrersTag(image.root.digest));
+      expect(tagIndex.status).toBe(200);
+      expect(JSON.parse(new TextDecoder().decode(tagIndex.bytes)).manifests.map((m: { digest: string }) => m.digest)).toEqual([
+        signature.root.digest,
+      ]);
+    });
+
+    it('fails an image whose blob does not match its digest, and pushes no manifest over it', async () => {
+      const image = dockerImage(`${runtime}-corrupt`, { layers: 3, layerSize: 64 * 1024 });
+      const reference = await seed('broken/app', image);
+      await corruptBlob(source, image.blobs.at(-1)!.digest);
+      const good = await seed('fine/app', dockerImage(`${runtime}-fine`));
+      const missing = `${proxy.host}/fine/app:no-such-tag`;
+
+      const [corrupt, fine, absent] = await clone([reference, good, missing]);
+      expect(corrupt!.status).toBe('failed');
+      expect(corrupt!.error).toMatch(/does not match its digest/);
+      expect(fine!.status).toBe('copied');
+      expect(absent).toMatchObject({ status: 'failed', source: missing });
+      expect(absent!.error).toMatch(/not found/);
+
+      const { repository, tag } = expectedTarget(reference);
+      expect((await fetchManifest(backupSession, repository, image.root.digest)).status).toBe(404);
+      expect((await fetchManifest(backupSession, repository, tag)).status).toBe(404);
+    });
+
+    it('retries 429 with Retry-After, 503 bursts and a connection dropped mid-blob, and copies correctly', async () => {
+      const image = dockerImage(`${runtime}-faults`, { layers: 2, layerSize: 512 * 1024 });
+      const reference = await seed('faulty/app', image);
+      const bigLayer = image.blobs.at(-1)!;
+      const rules = [
+        proxy.addRule({ method: 'HEAD', path: /\/manifests\/v1$/, fault: { kind: 'status', status: 429, retryAfterSeconds: 1 } }),
+        proxy.addRule({ method: 'GET', path: /\/manifests\/sha256:/, times: 2, fault: { kind: 'status', status: 503 } }),
+        proxy.addRule({
+          method: 'GET',
+          path: new RegExp(`/blobs/${bigLayer.digest}`),
+          times: 3,
+          fault: { kind: 'status', status: 503 },
+        }),
+        proxy.addRule({
+          method: 'GET',
+          path: new RegExp(`/blobs/${bigLayer.digest}`),
+          fault: { kind: 'drop', afterBytes: 100_000 },
+        }),
+      ];
+      const started = Date.now();
+      const [result] = await clone([reference]);
+      await expectBackedUp(image, reference, result!);
+      expect(rules.map((r) => r.fired)).toEqual([1, 2, 3, 1]);
+      // The Retry-After second was waited for.
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+    });
+
+    it('shares one copy between concurrent requests for the same image', async () => {
+      const image = dockerImage(`${runtime}-shared`, { layers: 4, layerSize: 256 * 1024 });
+      const reference = await seed('shared/app', image);
+      proxy.addRule({ method: 'GET', path: /\/blobs\//, times: Infinity, fault: { kind: 'delay', ms: 200 } });
+      const before = proxy.requests.length;
+      try {
+        const [a, b] = await Promise.all([clone([reference]), clone([reference])]);
+        expect(a[0]!.status).toBe('copied');
+        expect(b[0]!.status).toBe('copied');
+      } finally {
+        proxy.clearRules();
+      }
+      const blobGets = proxy.requests.slice(before).filter((r) => r.method === 'GET' && r.url.includes('/blobs/'));
+      expect(blobGets).toHaveLength(image.blobs.length);
+    });
+
+    it('mounts a blob another backup repository holds instead of uploading it again', async () => {
+      const image = dockerImage(`${runtime}-mount`, { layers: 2, layerSize: 128 * 1024 });
+      const first = await seed('mount/one', image);
+      const second = await seed('mount/two', image);
+      await clone([first]);
+      backup.issuer!.requests.length = 0;
+      const blobGetsBefore = proxy.requests.length;
+      const [result] = await clone([second]);
+      await expectBackedUp(image, second, result!);
+      expect(result!.bytes).toBe(0);
+      expect(proxy.requests.slice(blobGetsBefore).filter((r) => r.method === 'GET' && r.url.includes('/blobs/'))).toEqual([]);
+      const mountScope = `repository:${expectedTarget(first).repository}:pull`;
+      expect(backup.issuer!.requests.some((request) => request.scopes.includes(mountScope))).toBe(true);
+    });
+
+    it('asks for a new token when the registry refuses an expired one', async () => {
+      const issuer = backup.issuer!;
+      const image = dockerImage(`${runtime}-expiry`);
+      const reference = await seed('expiry/app', image);
+      // The first token issued from now on claims 300 s but expired two minutes ago, so the
+      // registry refuses it at once; the next ones are valid.
+      const grant = issuer.policy;
+      const firstRequest = issuer.requests.length;
+      issuer.advertisedExpiresIn = 300;
+      issuer.policy = (user, requested) => {
+        issuer.lifetimeSeconds = issuer.requests.length === firstRequest + 1 ? -120 : 300;
+        return grant(user, requested);
+      };
+      try {
+        const [result] = await clone([reference]);
+        await expectBackedUp(image, reference, result!);
+        expect(issuer.requests.length).toBeGreaterThanOrEqual(firstRequest + 2);
+      } finally {
+        issuer.policy = grant;
+        issuer.lifetimeSeconds = 300;
+        issuer.advertisedExpiresIn = undefined;
+      }
+    });
+
+    it('treats an image already in the backup namespace as backed up', async () => {
+      const image = dockerImage(`${runtime}-already`);
+      const reference = await seed('already/app', image);
+      const [copied] = await clone([reference]);
+      const [again] = await clone([copied!.target!]);
+      expect(again).toMatchObject({ status: 'exists', digest: image.root.digest, source: copied!.target });
+    });
+
+    it('streams NDJSON progress for a long copy', async () => {
+      const image = dockerImage(`${runtime}-progress`, { layers: 1, layerSize: 3 * 1024 * 1024 });
+      const reference = await seed('progress/app', image);
+      const response = await fn.clone({ images: [reference] }, { accept: 'application/x-ndjson' });
+      const events = String(response.body)
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line));
+      expect(events[0]).toMatchObject({ type: 'image', status: 'started' });
+      const layer = image.blobs.find((blob) => blob.bytes.length > 3 * 1024 * 1024)!;
+      const progress = events.filter((e) => e.type === 'blob' && e.digest === layer.digest).map((e) => e.done);
+      expect(progress.length).toBeGreaterThanOrEqual(3);
+      expect(progress).toEqual([...progress].sort((a, b) => a - b));
+      expect(progress.at(-1)).toBe(layer.bytes.length);
+      expect(events.at(-1)).toMatchObject({ type: 'done', results: [{ status: 'copied', digest: image.root.digest }] });
+    });
+
+    it('answers 202 to a callback request, then POSTs the signed results', async () => {
+      const image = dockerImage(`${runtime}-callback`);
+      const reference = await seed('callback/app', image);
+      const received: Array<{ headers: IncomingMessage['headers']; body: string }> = [];
+      let answer = 503;
+      const receiver = createServer((req, res) => {
+        let body = '';
+        req.on('data', (chunk) => (body += chunk));
+        req.on('end', () => {
+          received.push({ headers: req.headers, body });
+          res.writeHead(answer).end();
+          answer = 204;
+        });
+      });
+      await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+      const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/callback`;
+      try {
+        const response = await fn.clone({ images: [reference], callback: { url, context: { workload: 'default/app' } } });
+        expect(response.status).toBe(202);
+        const job = response.body.job as string;
+        const deadline = Date.now() + 45_000;
+        while (received.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        expect(received).toHaveLength(2);
+        const { headers, body } = received[1]!;
+        const expected = createHmac('sha256', CALLBACK_SECRET).update(`${headers['x-clone-timestamp']}.${body}`).digest('hex');
+        expect(headers['x-clone-signature']).toBe(`sha256=${expected}`);
+        expect(headers['x-clone-job']).toBe(job);
+        const payload = JSON.parse(body);
+        expect(payload).toMatchObject({ job, context: { workload: 'default/app' } });
+        await expectBackedUp(image, reference, payload.results[0]);
+      } finally {
+        receiver.close();
+      }
+    });
+
+    it('refuses bad input with 400 and a missing or wrong token with 401', async () => {
+      expect((await fn.clone('{"images": [')).status).toBe(400);
+      expect((await fn.clone({})).body.error).toMatch(/missing field "images"/);
+      expect((await fn.clone({ images: ['library/UPPER'] })).body.error).toMatch(/must be lowercase/);
+      expect((await fn.clone({ images: Array(51).fill('nginx') })).body.error).toMatch(/more than 50 images/);
+      expect((await fn.clone({ images: ['a'], pad: 'x'.repeat(300_000) })).status).toBe(400);
+      const anonymous = await fetch(`${fn.url}/clone`, { method: 'POST', body: '{"images":["nginx"]}' });
+      expect(anonymous.status).toBe(401);
+      const wrong = await fetch(`${fn.url}/clone`, {
+        method: 'POST',
+        headers: { authorization: 'Bearer wrong-token' },
+        body: '{}',
+      });
+      expect(wrong.status).toBe(401);
+    });
+
+    it('never logs a credential', () => {
+      const logs = fn.logs();
+      expect(logs).not.toContain(backup.credentials!.password);
+      expect(logs).not.toContain(fn.authToken);
+      expect(logs).not.toContain(CALLBACK_SECRET);
+    });
+  });
+}

@@ -1,0 +1,4 @@
+import { startWorkerFunction } from '../support/clone-function.ts';
+import { describeCloneScenarios } from './clone-scenarios.ts';
+
+describeCloneScenarios('worker', startWorkerFunction);
