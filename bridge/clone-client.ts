@@ -1,0 +1,259 @@
+// Asks the clone function for copies. One POST /clone per workload with the images it still
+// needs; an image already asked for (by this or another workload) is not asked for again until
+// its request settles or counts as lost. Requests run in the background: a reconcile never waits
+// for a copy, it is enqueued again when the results arrive (or when the request is overdue).
+//
+// Two modes, one result path: with CALLBACK_URL the function answers 202 and posts signed results
+// later (the callback endpoint feeds them to the intake); without it (a function on a FaaS that
+// cannot reach the cluster) the bridge reads the answer itself, streamed as NDJSON so that a long
+// copy keeps the connection busy, and feeds each result to the same intake as it arrives.
+
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import type { ImageLedger } from './image-ledger.ts';
+import type { ResultIntake } from './intake.ts';
+import type { BridgeMetrics } from './metrics.ts';
+import { cloneResultSchema, type CloneResult } from './results.ts';
+import { parseWorkloadKey } from './workload.ts';
+
+export interface CloneClientOptions {
+  /** Base URL of the function; requests go to `${functionUrl}/clone`. */
+  readonly functionUrl: string;
+  readonly authToken: string;
+  readonly callbackUrl: string | undefined;
+  /** How long a copy may take before its request counts as lost and may be made again. */
+  readonly cloneTimeoutMs: number;
+  readonly ledger: ImageLedger;
+  readonly intake: ResultIntake;
+  readonly metrics: BridgeMetrics;
+  readonly logger: Logger;
+  /** The function's MAX_IMAGES_PER_REQUEST (default 50): larger sets are split. */
+  readonly maxImagesPerRequest?: number;
+  /**
+   * Requests open at once (default 16); more wait here. A first sync of thousands of workloads
+   * must not open thousands of connections to the function.
+   */
+  readonly maxConcurrentRequests?: number;
+  readonly fetch?: typeof fetch;
+  readonly now?: () => number;
+}
+
+export interface CloneRequestOutcome {
+  /** Sources sent in a new request now. */
+  readonly sent: readonly string[];
+  /** When the workload should be looked at again at the latest (a request overdue, a retry due). */
+  readonly recheckInMs: number | undefined;
+}
+
+const ACCEPT_TIMEOUT_MS = 30_000;
+const MAX_LINE_CHARS = 4 * 1024 * 1024;
+
+const acceptedSchema = z.looseObject({ job: z.string() });
+const resultsSchema = z.looseObject({ results: z.array(z.unknown()) });
+const streamLineSchema = z.discriminatedUnion('type', [
+  z.looseObject({ type: z.literal('result'), result: z.unknown() }),
+  z.looseObject({ type: z.literal('done'), results: z.array(z.unknown()) }),
+  z.looseObject({ type: z.literal('error'), error: z.string().optional() }),
+  z.looseObject({ type: z.literal('image') }),
+  z.looseObject({ type: z.literal('blob') }),
+]);
+
+export class CloneClient {
+  readonly #options: CloneClientOptions;
+  readonly #fetch: typeof fetch;
+  readonly #now: () => number;
+  readonly #maxImages: number;
+  readonly #requests = new Set<Promise<void>>();
+  readonly #maxConcurrent: number;
+  #open = 0;
+  readonly #waiting: (() => void)[] = [];
+
+  constructor(options: CloneClientOptions) {
+    this.#options = options;
+    this.#fetch = options.fetch ?? fetch;
+    this.#now = options.now ?? Date.now;
+    this.#maxImages = options.maxImagesPerRequest ?? 50;
+    this.#maxConcurrent = options.maxConcurrentRequests ?? 16;
+  }
+
+  get mode(): 'callback' | 'synchronous' {
+    return this.#options.callbackUrl === undefined ? 'synchronous' : 'callback';
+  }
+
+  /** Requests the sources `key` needs that nobody has asked for yet; never waits for a copy. */
+  request(key: string, sources: readonly string[]): CloneRequestOutcome {
+    const { ledger } = this.#options;
+    const now = this.#now();
+    const send: string[] = [];
+    let recheckAt: number | undefined;
+    const recheck = (at: number) => (recheckAt = recheckAt === undefined ? at : Math.min(recheckAt, at));
+
+    for (const source of new Set(sources)) {
+      const status = ledger.status(source);
+      if (status.state === 'in-flight') {
+        ledger.wait(source, key);
+        recheck(status.until);
+      } else if (status.state === 'failed') {
+        ledger.wait(source, key);
+        recheck(status.retryAt);
+      } else if (status.state === 'backed-up') {
+        recheck(now);
+      } else {
+        send.push(source);
+      }
+    }
+    if (send.length > 0) {
+      const until = now + this.#options.cloneTimeoutMs;
+      for (const source of send) {
+        ledger.begin(source, until);
+        ledger.wait(source, key);
+      }
+      recheck(until);
+      for (let start = 0; start < send.length; start += this.#maxImages) {
+        const request = this.#post(key, send.slice(start, start + this.#maxImages));
+        this.#requests.add(request);
+        void request.finally(() => this.#requests.delete(request));
+      }
+    }
+    return { sent: send, recheckInMs: recheckAt === undefined ? undefined : Math.max(0, recheckAt - now) };
+  }
+
+  /** Waits for the requests in progress (synchronous ones last as long as their copies). */
+  async settle(): Promise<void> {
+    while (this.#requests.size > 0) await Promise.all([...this.#requests]);
+  }
+
+  async #post(key: string, images: readonly string[]): Promise<void> {
+    if (this.#open < this.#maxConcurrent) {
+      this.#open++;
+    } else {
+      // A finishing request hands its slot over directly, so none is taken twice.
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+      // Time spent waiting here is not the copy's: its deadline starts when it is sent.
+      const until = this.#now() + this.#options.cloneTimeoutMs;
+      for (const image of images) this.#options.ledger.begin(image, until);
+    }
+    try {
+      await this.#send(key, images);
+    } finally {
+      const next = this.#waiting.shift();
+      if (next !== undefined) next();
+      else this.#open--;
+    }
+  }
+
+  async #send(key: string, images: readonly string[]): Promise<void> {
+    const { functionUrl, authToken, callbackUrl, cloneTimeoutMs, intake, metrics, logger } = this.#options;
+    const workload = parseWorkloadKey(key);
+    for (const image of images) {
+      logger.info(
+        { image, kind: workload?.kind, namespace: workload?.namespace, name: workload?.name },
+        'Image Cloner: starting cloning process',
+      );
+    }
+    const body = JSON.stringify({
+      images,
+      ...(callbackUrl !== undefined && { callback: { url: callbackUrl, context: { workloads: [key] } } }),
+    });
+    const settled = new Set<string>();
+    const started = this.#now();
+    try {
+      const response = await this.#fetch(`${functionUrl}/clone`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${authToken}`,
+          'content-type': 'application/json',
+          accept: callbackUrl !== undefined ? 'application/json' : 'application/x-ndjson, application/json;q=0.9',
+        },
+        body,
+        signal: AbortSignal.timeout(callbackUrl !== undefined ? ACCEPT_TIMEOUT_MS : cloneTimeoutMs),
+      });
+      if (response.status === 202 && callbackUrl !== undefined) {
+        const accepted = acceptedSchema.safeParse(await response.json().catch(() => undefined));
+        metrics.cloneRequests.inc({ result: 'accepted' });
+        logger.debug(
+          {
+            job: accepted.success ? accepted.data.job : undefined,
+            images: images.length,
+            kind: workload?.kind,
+            namespace: workload?.namespace,
+            name: workload?.name,
+          },
+          'clone job accepted',
+        );
+        return;
+      }
+      if (response.status !== 200) {
+        const text = (await response.text().catch(() => '')).slice(0, 300);
+        throw new Error(`the clone function answered HTTP ${response.status}${text ? `: ${text}` : ''}`);
+      }
+      metrics.cloneRequests.inc({ result: 'accepted' });
+      const accept = (results: readonly unknown[]) => {
+        const parsed: CloneResult[] = [];
+        for (const result of results) {
+          const checked = cloneResultSchema.safeParse(result);
+          if (!checked.success) {
+            metrics.callbackRejections.inc({ reason: 'malformed_result' });
+            continue;
+          }
+          if (settled.has(checked.data.source)) continue;
+          parsed.push(checked.data);
+        }
+        for (const source of intake.accept(parsed, [key]).settled) settled.add(source);
+      };
+      if ((response.headers.get('content-type') ?? '').includes('ndjson')) {
+        await readLines(response, (line) => {
+          const parsed = streamLineSchema.safeParse(JSON.parse(line));
+          if (!parsed.success) return;
+          const event = parsed.data;
+          if (event.type === 'result') accept([event.result]);
+          else if (event.type === 'done') accept(event.results);
+          else if (event.type === 'error') throw new Error(`the clone function reported: ${event.error ?? 'an error'}`);
+        });
+      } else {
+        const parsed = resultsSchema.safeParse(await response.json());
+        if (!parsed.success) throw new Error('the clone function answered without results');
+        accept(parsed.data.results);
+      }
+      const missing = images.filter((image) => !settled.has(image));
+      if (missing.length > 0) throw new Error('the clone function answered without a result for this image');
+      logger.debug({ images: images.length, ms: this.#now() - started }, 'clone request answered');
+    } catch (error) {
+      metrics.cloneRequests.inc({ result: 'failed' });
+      const message =
+        error instanceof Error ? `${error.name === 'Error' ? '' : `${error.name}: `}${error.message}` : String(error);
+      const unsettled = images.filter((image) => !settled.has(image));
+      logger.warn(
+        { error: message, images: unsettled.length, kind: workload?.kind, namespace: workload?.namespace, name: workload?.name },
+        'request to the clone function failed',
+      );
+      intake.failRequest(unsettled, message, [key]);
+    }
+  }
+}
+
+/** Calls `onLine` for each non-empty line of a streamed body; a throw from it ends the read. */
+async function readLines(response: Response, onLine: (line: string) => void): Promise<void> {
+  if (response.body === null) return;
+  const decoder = new TextDecoder();
+  let buffered = '';
+  const reader = response.body.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      buffered += done ? decoder.decode() : decoder.decode(value, { stream: true });
+      let newline: number;
+      while ((newline = buffered.indexOf('\n')) !== -1) {
+        const line = buffered.slice(0, newline).trim();
+        buffered = buffered.slice(newline + 1);
+        if (line !== '') onLine(line);
+      }
+      if (buffered.length > MAX_LINE_CHARS) throw new Error('the clone function sent an overlong line');
+      if (done) break;
+    }
+    if (buffered.trim() !== '') onLine(buffered.trim());
+  } finally {
+    reader.releaseLock();
+    await response.body.cancel().catch(() => {});
+  }
+}

@@ -1,0 +1,100 @@
+// Where results from the clone function enter the bridge, whether they come back in a signed
+// callback or in the function's synchronous answer: each is checked against the mapping the
+// bridge computes itself, recorded in the ledger, and the workloads waiting for it are enqueued.
+// Nothing is patched here: the reconciler does that from the current object (level-triggered).
+
+import type { Logger } from 'pino';
+import type { BackupLocation } from '../functions/naming.ts';
+import type { ImageLedger } from './image-ledger.ts';
+import type { BridgeMetrics } from './metrics.ts';
+import { checkResult, type CloneResult, type ResultRejection } from './results.ts';
+import { parseWorkloadKey } from './workload.ts';
+
+export interface IntakeOptions {
+  readonly backup: BackupLocation;
+  readonly ledger: ImageLedger;
+  readonly metrics: BridgeMetrics;
+  readonly logger: Logger;
+  readonly enqueue: (key: string) => void;
+  /** A copy failed: the workloads that wanted it (for a Warning event). */
+  readonly onFailure?: (keys: readonly string[], source: string, error: string) => void;
+}
+
+export interface IntakeSummary {
+  readonly accepted: number;
+  readonly failed: number;
+  readonly rejected: readonly { readonly source: string; readonly reason: ResultRejection; readonly detail: string }[];
+  /** Normalised sources this batch settled, one way or another. */
+  readonly settled: readonly string[];
+}
+
+export class ResultIntake {
+  readonly #options: IntakeOptions;
+
+  constructor(options: IntakeOptions) {
+    this.#options = options;
+  }
+
+  /**
+   * `contextKeys` are the workloads the request was made for (callback.context), so results
+   * reach them even when this process did not make the request (it restarted since).
+   */
+  accept(results: readonly CloneResult[], contextKeys: readonly string[]): IntakeSummary {
+    const { backup, ledger, metrics, logger } = this.#options;
+    const keys = new Set(contextKeys.filter((key) => parseWorkloadKey(key) !== undefined));
+    const context = [...keys];
+    let accepted = 0;
+    let failed = 0;
+    const rejected: { source: string; reason: ResultRejection; detail: string }[] = [];
+    const settled: string[] = [];
+
+    for (const result of results) {
+      const checked = checkResult(result, backup);
+      settled.push(checked.source);
+      if (checked.outcome === 'backed-up') {
+        accepted++;
+        metrics.imageResults.inc({ status: checked.status });
+        for (const key of ledger.succeed(checked.source, checked.target, checked.digest)) keys.add(key);
+        logger.info(
+          {
+            image: checked.source,
+            target: checked.target,
+            digest: checked.digest,
+            status: checked.status,
+            ms: result.ms,
+            bytes: result.bytes,
+          },
+          'Image Cloner: image backed up',
+        );
+      } else if (checked.outcome === 'failed') {
+        failed++;
+        metrics.imageResults.inc({ status: 'failed' });
+        this.#fail(checked.source, checked.error, context, keys);
+      } else {
+        rejected.push({ source: checked.source, reason: checked.reason, detail: checked.detail });
+        metrics.imageResults.inc({ status: 'rejected' });
+        metrics.callbackRejections.inc({ reason: checked.reason });
+        logger.warn({ image: checked.source, reason: checked.reason, detail: checked.detail }, 'Image Cloner: result refused');
+        // A refused result is a failed copy as far as the workload is concerned: retried later.
+        this.#fail(checked.source, `result refused (${checked.reason})`, context, keys);
+      }
+    }
+    for (const key of keys) this.#options.enqueue(key);
+    return { accepted, failed, rejected, settled };
+  }
+
+  /** A whole request failed (the function unreachable, an error answer, a cut-off stream). */
+  failRequest(sources: readonly string[], error: string, contextKeys: readonly string[]): void {
+    const keys = new Set<string>(contextKeys);
+    for (const source of sources) this.#fail(source, error, contextKeys, keys);
+    for (const key of keys) this.#options.enqueue(key);
+  }
+
+  #fail(source: string, error: string, context: readonly string[], keys: Set<string>): void {
+    const { waiters, retryInMs, failures } = this.#options.ledger.fail(source, error);
+    for (const key of waiters) keys.add(key);
+    const affected = waiters.length > 0 ? waiters : context;
+    this.#options.logger.warn({ image: source, error, failures, retryInMs }, 'Image Cloner: cloning failed');
+    this.#options.onFailure?.(affected, source, error);
+  }
+}

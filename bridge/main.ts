@@ -1,0 +1,42 @@
+// The bridge's entry point: `node bridge/main.ts` (or dist/bridge/main.js in the container).
+// Configuration from the environment; SIGTERM stops the workers after their current reconcile,
+// releases the lease so a successor takes over at once, and exits.
+
+import { createLogger, startBridge } from './app.ts';
+import { ConfigError, loadConfig } from './config.ts';
+
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const logger = createLogger(config.logLevel);
+  const bridge = await startBridge({ config, logger });
+
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    // The pod's grace period is 30 s by default; leave before the kubelet's SIGKILL.
+    const force = setTimeout(() => process.exit(1), 25_000);
+    force.unref();
+    bridge.stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ error: String(error) }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,194 @@
+// reconcile(key): read the workload as it is now, decide what it still needs, do that much, and
+// say when to look again. It never trusts the event that enqueued the key nor its own memory of
+// the object; a patch that no longer fits the object fails on its `test` operations and the next
+// attempt reads the object from the API server rather than from a possibly stale cache.
+
+import type { Logger } from 'pino';
+import type { CloneClient } from './clone-client.ts';
+import { decide, type Decision, type DecisionContext } from './decide.ts';
+import type { EventSink } from './events.ts';
+import type { ImageLedger } from './image-ledger.ts';
+import { describeError, isStale, statusCode, type WorkloadApi } from './kube.ts';
+import type { BridgeMetrics } from './metrics.ts';
+import { parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadRef } from './workload.ts';
+import type { Outcome } from './work-queue.ts';
+
+export interface WorkloadReader {
+  get(kind: WorkloadKind, namespace: string, name: string): Workload | undefined;
+}
+
+export interface ReconcilerOptions {
+  readonly apis: Readonly<Record<WorkloadKind, WorkloadApi>>;
+  readonly cache: WorkloadReader;
+  readonly decision: Omit<DecisionContext, 'knownBackup'>;
+  readonly ledger: ImageLedger;
+  readonly cloneClient: Pick<CloneClient, 'request'>;
+  readonly events: EventSink;
+  readonly metrics: BridgeMetrics;
+  readonly logger: Logger;
+}
+
+/** The patch no longer matches the object; retried (with backoff) from a fresh read. */
+export class StaleWorkloadError extends Error {
+  constructor(key: string, cause: unknown) {
+    super(`${key} changed since it was read: ${describeError(cause)}`, { cause });
+    this.name = 'StaleWorkloadError';
+  }
+}
+
+export class Reconciler {
+  readonly #options: ReconcilerOptions;
+  readonly #context: DecisionContext;
+  /** Keys whose next reconcile reads from the API server: the cache was behind last time. */
+  readonly #readFresh = new Set<string>();
+  /**
+   * The resourceVersion each workload was last patched from. Until the watch delivers the patched
+   * object, the cache still holds that version; acting on it would only earn a refused patch.
+   */
+  readonly #patchedFrom = new Map<string, string>();
+
+  constructor(options: ReconcilerOptions) {
+    this.#options = options;
+    this.#context = { ...options.decision, knownBackup: (source) => options.ledger.backupOf(source) };
+  }
+
+  async reconcile(key: string): Promise<Outcome> {
+    const ref = parseWorkloadKey(key);
+    if (ref === undefined) return {};
+    const { apis, cache, logger, ledger } = this.#options;
+    const api = apis[ref.kind];
+    let workload = this.#readFresh.delete(key)
+      ? await api.read(ref.namespace, ref.name)
+      : cache.get(ref.kind, ref.namespace, ref.name);
+    const patchedFrom = this.#patchedFrom.get(key);
+    if (patchedFrom !== undefined) {
+      this.#patchedFrom.delete(key);
+      if (workload?.metadata?.resourceVersion === patchedFrom) workload = await api.read(ref.namespace, ref.name);
+    }
+    if (workload === undefined) return {};
+
+    const decision = decide(workload, this.#context);
+    const fields = { kind: ref.kind, namespace: ref.namespace, name: ref.name };
+    if (decision.action === 'none') {
+      logger.trace(fields, `${ref.kind} reconciler: nothing to do`);
+      return {};
+    }
+    if (decision.action === 'ignore') {
+      if (decision.patch.length === 0) return {};
+      logger.info({ ...fields, reason: decision.reason }, `${ref.kind} reconciler: releasing an ignored workload`);
+      if (await this.#patch(key, ref, api, workload, decision))
+        logger.info(fields, `${ref.kind} reconciler: reconciliation successfully finished`);
+      return {};
+    }
+
+    for (const slot of decision.slots) {
+      // Logged when something is about to happen to the image (a request, a patch), not on every
+      // look at a workload that is only waiting for a copy.
+      const acting = slot.state === 'known' || (slot.state === 'missing' && ledger.status(slot.source).state === 'unknown');
+      if (acting) {
+        logger.info(
+          { ...fields, image: slot.slot.image, container: slot.slot.container },
+          `${ref.kind} reconciler: starting reconciliation`,
+        );
+      } else if (slot.state === 'invalid') {
+        logger.warn(
+          { ...fields, image: slot.slot.image, error: slot.error },
+          `${ref.kind} reconciler: image reference cannot be backed up`,
+        );
+        this.#options.events.record(
+          { ...ref, uid: workload.metadata?.uid, resourceVersion: workload.metadata?.resourceVersion },
+          'Warning',
+          'InvalidImage',
+          `Container ${slot.slot.container}: ${slot.error}; not backed up`,
+        );
+      }
+    }
+
+    let recheckInMs: number | undefined;
+    if (decision.copy.length > 0) {
+      recheckInMs = this.#options.cloneClient.request(key, decision.copy).recheckInMs;
+    }
+    if (decision.patch.length > 0) {
+      const applied = await this.#patch(key, ref, api, workload, decision);
+      if (applied && decision.settled) logger.info(fields, `${ref.kind} reconciler: reconciliation successfully finished`);
+    }
+    return recheckInMs === undefined ? {} : { requeueAfterMs: recheckInMs };
+  }
+
+  /** Applies the decision's patch; false when the object is gone. Throws StaleWorkloadError. */
+  async #patch(
+    key: string,
+    ref: WorkloadRef,
+    api: WorkloadApi,
+    workload: Workload,
+    decision: Exclude<Decision, { action: 'none' }>,
+  ): Promise<boolean> {
+    const { metrics, logger, events } = this.#options;
+    const started = Date.now();
+    try {
+      await api.patch(ref.namespace, ref.name, decision.patch);
+    } catch (error) {
+      if (statusCode(error) === 404) {
+        metrics.patches.inc({ kind: ref.kind, result: 'gone' });
+        return false;
+      }
+      if (isStale(error)) {
+        metrics.patches.inc({ kind: ref.kind, result: 'conflict' });
+        this.#readFresh.add(key);
+        logger.info(
+          { kind: ref.kind, namespace: ref.namespace, name: ref.name, error: describeError(error) },
+          `${ref.kind} reconciler: workload changed meanwhile; retrying from the current object`,
+        );
+        throw new StaleWorkloadError(key, error);
+      }
+      metrics.patches.inc({ kind: ref.kind, result: 'error' });
+      throw error;
+    }
+    metrics.patches.inc({ kind: ref.kind, result: 'applied' });
+    const version = workload.metadata?.resourceVersion;
+    if (version !== undefined) this.#patchedFrom.set(key, version);
+    const ms = Date.now() - started;
+    const object = { ...ref, uid: workload.metadata?.uid, resourceVersion: workload.metadata?.resourceVersion };
+    if (decision.action === 'ignore') {
+      logger.info({ kind: ref.kind, namespace: ref.namespace, name: ref.name, ms }, `${ref.kind} reconciler: finalizer released`);
+      events.record(
+        object,
+        'Normal',
+        'Released',
+        `Not backed up (${decision.reason === 'opt-out' ? 'opted out' : 'namespace ignored'}); finalizer removed`,
+      );
+      return true;
+    }
+    for (const replacement of decision.replacements) {
+      const slot = decision.slots.find((candidate) => candidate.slot.path === replacement.path);
+      const digest = replacement.to.slice(replacement.to.lastIndexOf('@') + 1);
+      logger.info(
+        {
+          kind: ref.kind,
+          namespace: ref.namespace,
+          name: ref.name,
+          image: replacement.from,
+          target: replacement.to,
+          digest,
+          container: slot?.slot.container,
+          ms,
+        },
+        `${ref.kind} reconciler: image pointed at its backup`,
+      );
+    }
+    if (decision.replacements.length > 0) {
+      const list = decision.replacements.map((replacement) => `${replacement.from} → ${replacement.to}`).join(', ');
+      events.record(object, 'Normal', 'BackedUp', `Images backed up and pinned: ${list}`);
+    }
+    if (decision.releaseFinalizer) {
+      logger.info({ kind: ref.kind, namespace: ref.namespace, name: ref.name }, `${ref.kind} reconciler: finalizer released`);
+      events.record(
+        object,
+        'Normal',
+        'Released',
+        decision.deleting ? 'Images backed up; finalizer removed, deletion proceeds' : 'All images backed up; finalizer removed',
+      );
+    }
+    return true;
+  }
+}

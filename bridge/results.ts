@@ -1,0 +1,79 @@
+// Checks one result the clone function reported against the mapping the bridge computes itself:
+// the function is trusted to copy, never to say where a workload should point. Pure.
+
+import { z } from 'zod';
+import { backupReference, type BackupLocation } from '../functions/naming.ts';
+import { formatReference, parseReference, type ImageReference } from '../functions/reference.ts';
+
+export const cloneResultSchema = z.looseObject({
+  source: z.string().max(1024),
+  status: z.enum(['copied', 'exists', 'failed']),
+  target: z.string().max(1024).optional(),
+  digest: z.string().max(200).optional(),
+  error: z.string().optional(),
+  bytes: z.number().optional(),
+  ms: z.number().optional(),
+});
+
+export type CloneResult = z.infer<typeof cloneResultSchema>;
+
+export type ResultRejection = 'invalid_source' | 'invalid_digest' | 'digest_mismatch' | 'target_mismatch';
+
+export type CheckedResult =
+  | {
+      readonly outcome: 'backed-up';
+      readonly source: string;
+      readonly target: string;
+      readonly digest: string;
+      readonly status: 'copied' | 'exists';
+    }
+  | { readonly outcome: 'failed'; readonly source: string; readonly error: string }
+  | { readonly outcome: 'rejected'; readonly source: string; readonly reason: ResultRejection; readonly detail: string };
+
+const DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
+
+/** Where the backup of `source` with manifest `digest` must be: `registry/repo:tag@digest`. */
+export function expectedTarget(source: ImageReference, digest: string, backup: BackupLocation): string {
+  return `${formatReference(backupReference(source, backup))}@${digest}`;
+}
+
+export function checkResult(result: CloneResult, backup: BackupLocation): CheckedResult {
+  let reference: ImageReference;
+  try {
+    reference = parseReference(result.source);
+  } catch (error) {
+    // The function echoes an unparseable input as given; it can only have failed.
+    if (result.status === 'failed') return { outcome: 'failed', source: result.source, error: result.error ?? 'failed' };
+    return { outcome: 'rejected', source: result.source, reason: 'invalid_source', detail: (error as Error).message };
+  }
+  const source = formatReference(reference);
+  if (result.status === 'failed') return { outcome: 'failed', source, error: result.error ?? 'failed' };
+
+  const digest = result.digest ?? '';
+  if (!DIGEST.test(digest)) {
+    return {
+      outcome: 'rejected',
+      source,
+      reason: 'invalid_digest',
+      detail: `digest "${digest.slice(0, 80)}" is not a valid digest`,
+    };
+  }
+  if (reference.digest !== undefined && reference.digest !== digest) {
+    return {
+      outcome: 'rejected',
+      source,
+      reason: 'digest_mismatch',
+      detail: `source is pinned to ${reference.digest}, result says ${digest}`,
+    };
+  }
+  const expected = expectedTarget(reference, digest, backup);
+  if (result.target !== expected) {
+    return {
+      outcome: 'rejected',
+      source,
+      reason: 'target_mismatch',
+      detail: `expected ${expected}, got ${String(result.target).slice(0, 300)}`,
+    };
+  }
+  return { outcome: 'backed-up', source, target: expected, digest, status: result.status };
+}

@@ -1,0 +1,169 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig, type Environment } from '../../bridge/config.ts';
+import { bridgeMetrics, MetricsRegistry } from '../../bridge/metrics.ts';
+import { parseWorkloadKey, workloadKey } from '../../bridge/workload.ts';
+
+const minimal: Environment = {
+  KUBECONFIG: '/tmp/kubeconfig',
+  FUNCTION_URL: 'http://clone-function:8080/',
+  AUTH_TOKEN: 'token-0123456789abcdef',
+  CALLBACK_SECRET: 'secret-0123456789abcdef',
+  BACKUP_NAMESPACE: 'backupacct',
+};
+
+function error(env: Environment, sources = {}): string {
+  try {
+    loadConfig(env, sources);
+  } catch (thrown) {
+    expect(thrown).toBeInstanceOf(ConfigError);
+    return (thrown as Error).message;
+  }
+  throw new Error('expected a configuration error');
+}
+
+describe('bridge configuration', () => {
+  it('has defaults for everything but the function, its secrets and the backup namespace', () => {
+    const config = loadConfig(minimal);
+    expect(config).toMatchObject({
+      kubeconfig: '/tmp/kubeconfig',
+      functionUrl: 'http://clone-function:8080',
+      callbackUrl: undefined,
+      backup: { registry: 'docker.io', namespace: 'backupacct', layout: 'flat' },
+      port: 8080,
+      workers: 4,
+      resyncSeconds: 300,
+      cloneTimeoutSeconds: 1800,
+      leaderElection: { enabled: false },
+      logLevel: 'info',
+    });
+    expect([...config.ignoredNamespaces]).toEqual(['kube-system']);
+  });
+
+  it('names every missing variable at once, without echoing secrets', () => {
+    const message = error({ KUBECONFIG: '/k', AUTH_TOKEN: 'short-secret-value'.slice(0, 10) });
+    expect(message).toContain('FUNCTION_URL is required');
+    expect(message).toContain('AUTH_TOKEN must be at least 16 characters');
+    expect(message).toContain('CALLBACK_SECRET is required');
+    expect(message).toContain('BACKUP_NAMESPACE is required');
+    expect(message).not.toContain('short-secr');
+  });
+
+  it.each([
+    [{ FUNCTION_URL: 'ftp://x' }, 'FUNCTION_URL must be an http(s) URL'],
+    [{ FUNCTION_URL: 'http://user:pass@x' }, 'FUNCTION_URL must not carry credentials'],
+    [{ CALLBACK_URL: 'not a url' }, 'CALLBACK_URL must be an http(s) URL'],
+    [{ PORT: '0' }, 'PORT must be an integer from 1 to 65535'],
+    [{ WORKERS: '2.5' }, 'WORKERS must be an integer'],
+    [{ RESYNC_SECONDS: '1' }, 'RESYNC_SECONDS must be an integer from 10'],
+    [{ BACKUP_LAYOUT: 'deep' }, 'BACKUP_LAYOUT must be flat or nested'],
+    [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL must be one of'],
+    [{ LEADER_ELECTION: 'maybe' }, 'LEADER_ELECTION must be true or false'],
+    [{ IGNORE_NAMESPACES: 'ok,Not_OK' }, 'IGNORE_NAMESPACES "Not_OK" is not a namespace name'],
+    [{ BACKUP_NAMESPACE: 'Upper' }, 'BACKUP_NAMESPACE: invalid backup namespace'],
+    [{ ECR_REGION: 'mars' }, 'ECR_REGION must be an AWS region'],
+  ])('refuses %j', (override, expected) => {
+    expect(error({ ...minimal, ...override })).toContain(expected);
+  });
+
+  it('always ignores kube-system, plus the listed namespaces', () => {
+    const config = loadConfig({ ...minimal, IGNORE_NAMESPACES: ' monitoring, , team-a ' });
+    expect([...config.ignoredNamespaces].sort()).toEqual(['kube-system', 'monitoring', 'team-a']);
+  });
+
+  it('treats blank values (an empty ConfigMap key) as unset', () => {
+    const config = loadConfig({ ...minimal, CALLBACK_URL: '', PORT: ' ', BACKUP_LAYOUT: '' });
+    expect(config.callbackUrl).toBeUndefined();
+    expect(config.port).toBe(8080);
+  });
+
+  it('computes the backup location exactly as the function does (layout, ECR grammar)', () => {
+    expect(
+      loadConfig({ ...minimal, BACKUP_REGISTRY: 'registry.example.com:5000', BACKUP_NAMESPACE: 'a/b' }).backup,
+    ).toMatchObject({ layout: 'nested', singleSeparators: false });
+    expect(loadConfig({ ...minimal, BACKUP_REGISTRY: '127.0.0.1:5000', BACKUP_LAYOUT: 'flat' }).backup.layout).toBe('flat');
+    expect(
+      loadConfig({ ...minimal, BACKUP_REGISTRY: '123456789012.dkr.ecr.eu-west-1.amazonaws.com' }).backup.singleSeparators,
+    ).toBe(true);
+    expect(loadConfig({ ...minimal, BACKUP_REGISTRY: '127.0.0.1:5000', ECR_REGION: 'eu-west-1' }).backup.singleSeparators).toBe(
+      true,
+    );
+  });
+
+  it('runs in-cluster without KUBECONFIG, with leader election on by default', () => {
+    const env = { ...minimal, KUBECONFIG: undefined, KUBERNETES_SERVICE_HOST: '10.0.0.1', POD_NAME: 'bridge-abc' };
+    const config = loadConfig(env, { readNamespaceFile: () => 'image-clone-controller' });
+    expect(config.kubeconfig).toBeUndefined();
+    expect(config.leaderElection).toEqual({
+      enabled: true,
+      namespace: 'image-clone-controller',
+      identity: 'bridge-abc',
+      leaseName: 'image-clone-controller',
+    });
+    expect(loadConfig({ ...env, LEADER_ELECTION: 'false' }).leaderElection.enabled).toBe(false);
+  });
+
+  it('needs a namespace for the lease and a kubeconfig outside a cluster', () => {
+    expect(error({ ...minimal, LEADER_ELECTION: 'true' }, { readNamespaceFile: () => undefined })).toContain(
+      'POD_NAMESPACE is required',
+    );
+    const outside = loadConfig({ ...minimal, LEADER_ELECTION: 'true', POD_NAMESPACE: 'ns' }, { hostname: () => 'host-1' });
+    expect(outside.leaderElection).toMatchObject({ enabled: true, namespace: 'ns', identity: 'host-1' });
+    expect(error({ ...minimal, KUBECONFIG: undefined })).toContain('KUBECONFIG is required outside a cluster');
+  });
+});
+
+describe('workload keys', () => {
+  it('round-trip and reject anything else', () => {
+    expect(parseWorkloadKey(workloadKey({ kind: 'DaemonSet', namespace: 'ns', name: 'agent' }))).toEqual({
+      kind: 'DaemonSet',
+      namespace: 'ns',
+      name: 'agent',
+    });
+    for (const key of ['Pod/ns/x', 'Deployment/ns', 'Deployment//x', 'Deployment/ns/x/y', ''])
+      expect(parseWorkloadKey(key)).toBeUndefined();
+  });
+});
+
+describe('metrics registry', () => {
+  it('renders counters and gauges with escaped labels in the text format', () => {
+    const registry = new MetricsRegistry();
+    const counter = registry.counter('things_total', 'Things.\nDone', ['reason']);
+    counter.inc({ reason: 'a"b\\c\nd' });
+    counter.inc({ reason: 'plain' }, 2);
+    const gauge = registry.gauge('level', 'Level.');
+    registry.onCollect(() => gauge.set({}, 7));
+    expect(registry.render()).toBe(
+      [
+        '# HELP things_total Things.\\nDone',
+        '# TYPE things_total counter',
+        'things_total{reason="a\\"b\\\\c\\nd"} 1',
+        'things_total{reason="plain"} 2',
+        '# HELP level Level.',
+        '# TYPE level gauge',
+        'level 7',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('refuses unknown labels, negative increments and duplicate names', () => {
+    const registry = new MetricsRegistry();
+    const counter = registry.counter('x_total', 'x', ['a']);
+    expect(() => counter.inc({ b: '1' })).toThrow('no label b');
+    expect(() => counter.inc({}, -1)).toThrow();
+    expect(() => registry.gauge('x_total', 'again')).toThrow('duplicate');
+  });
+
+  it('declares the bridge metrics the README promises', () => {
+    const text = bridgeMetrics().registry.render();
+    for (const name of [
+      'queue_depth',
+      'reconciles_total',
+      'patches_total',
+      'callback_rejections_total',
+      'watch_restarts_total',
+    ]) {
+      expect(text).toContain(`# TYPE image_clone_bridge_${name} `);
+    }
+  });
+});
