@@ -42,6 +42,12 @@ export class Ecr implements CredentialSource {
     return this.#pendingToken;
   }
 
+  invalidate(registry: string): boolean {
+    if (registry !== this.#options.registry) return this.#options.fallback.invalidate?.(registry) ?? false;
+    this.#token = undefined;
+    return true;
+  }
+
   async #fetchToken(): Promise<Credentials> {
     const output = await this.#client.send(new GetAuthorizationTokenCommand({}));
     const data = output.authorizationData?.[0];

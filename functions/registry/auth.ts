@@ -71,8 +71,8 @@ export class Authenticator {
     const known = this.#challenges.get(registry);
     this.#challenges.set(registry, { scheme: challenge.scheme, params: { ...challenge.params, scope: '' } });
     if (challenge.scheme === 'basic') {
-      // Basic credentials already sent and refused are wrong; sending them again cannot help.
-      if (known?.scheme === 'basic') return undefined;
+      // Basic credentials already sent and refused are wrong, unless they can be renewed (ECR tokens).
+      if (known?.scheme === 'basic') return this.renewCredentials(registry) ? [...scopes] : undefined;
       return (await this.#options.credentials.get(registry)) ? [...scopes] : undefined;
     }
     this.#tokens.delete(tokenKey(registry, challenge, scopes));
@@ -80,9 +80,13 @@ export class Authenticator {
     return [...new Set([...scopes, ...asked])];
   }
 
-  /** Drops every cached token (used when credentials rotate). */
-  forgetTokens(): void {
-    this.#tokens.clear();
+  /**
+   * After a 403 from a registry spoken to with renewable Basic credentials (ECR answers an expired
+   * token that way): forget them. Returns whether a retry with fresh ones makes sense.
+   */
+  renewCredentials(registry: string): boolean {
+    if (this.#challenges.get(registry)?.scheme !== 'basic') return false;
+    return this.#options.credentials.invalidate?.(registry) ?? false;
   }
 
   async #fetchToken(registry: string, challenge: Challenge, scopes: readonly string[]): Promise<CachedToken> {

@@ -77,7 +77,8 @@ export class RegistryClient {
     for (;;) {
       const authorization = await this.#auth.authorization(request.registry, scopes);
       const response = await this.#exchange(request, authorization);
-      if (response.status === 401 && !reauthorized && !(request.body instanceof ReadableStream)) {
+      const canRetry = !reauthorized && !(request.body instanceof ReadableStream);
+      if (response.status === 401 && canRetry) {
         const next = await this.#auth.unauthorized(request.registry, response, scopes);
         await discard(response);
         if (next) {
@@ -86,6 +87,11 @@ export class RegistryClient {
           continue;
         }
         throw new RegistryError(`${request.what}: HTTP 401 (authentication refused)`, 401, 'UNAUTHORIZED');
+      }
+      if (response.status === 403 && canRetry && this.#auth.renewCredentials(request.registry)) {
+        await discard(response);
+        reauthorized = true;
+        continue;
       }
       if (!request.expect.includes(response.status)) {
         throw await RegistryError.fromResponse(response, request.what);

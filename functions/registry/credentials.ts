@@ -11,6 +11,11 @@ export interface Credentials {
 /** Where the client asks for credentials; ECR implements it with short-lived tokens. */
 export interface CredentialSource {
   get(registry: string): Promise<Credentials | undefined> | Credentials | undefined;
+  /**
+   * Forgets short-lived credentials the registry refused, so the next get() fetches fresh ones.
+   * Returns whether there was anything to renew (static credentials: never).
+   */
+  invalidate?(registry: string): boolean;
 }
 
 export class DockerConfigError extends Error {
