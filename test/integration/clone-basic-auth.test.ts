@@ -1,0 +1,83 @@
+// A backup registry behind htpasswd (Basic auth) with the nested layout, and a private source
+// whose credentials come from REGISTRY_AUTH_FILE.
+
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startNodeFunction, type CloneFunction } from '../support/clone-function.ts';
+import { dockerManifestList, fetchManifest, pushImage, sha256Digest } from '../support/images.ts';
+import { startRegistry, type Registry } from '../support/registry.ts';
+
+describe('Basic auth registries', () => {
+  let source: Registry;
+  let backup: Registry;
+  let fn: CloneFunction;
+  let dir: string;
+
+  beforeAll(async () => {
+    [source, backup] = await Promise.all([startRegistry({ auth: 'token' }), startRegistry({ auth: 'htpasswd' })]);
+    dir = await mkdtemp(join(tmpdir(), 'auth-file-'));
+    const authFile = join(dir, 'config.json');
+    // One entry in the "auth" form, one in the username/password form.
+    const auth = Buffer.from(`${backup.credentials!.username}:${backup.credentials!.password}`).toString('base64');
+    await writeFile(
+      authFile,
+      JSON.stringify({ auths: { [`http://${backup.host}`]: { auth }, [source.host]: source.credentials } }),
+      { mode: 0o600 },
+    );
+    fn = await startNodeFunction({
+      BACKUP_REGISTRY: backup.host,
+      BACKUP_NAMESPACE: 'backups/cluster-1',
+      INSECURE_REGISTRIES: `${source.host},${backup.host}`,
+      REGISTRY_AUTH_FILE: authFile,
+    });
+  });
+
+  afterAll(async () => {
+    await fn?.stop();
+    await Promise.all([source?.stop(), backup?.stop()]);
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('copies from a private token-auth source into an htpasswd backup, nested under a path', async () => {
+    const image = dockerManifestList('basic-auth');
+    await pushImage(source.url, 'private/app', image, { tag: '2.0', credentials: source.credentials! });
+    const response = await fn.clone({ images: [`${source.host}/private/app:2.0`] });
+    const [result] = response.body.results;
+    const repository = `backups/cluster-1/${source.host.replace(':', '_')}/private/app`;
+    expect(result, JSON.stringify(result)).toMatchObject({
+      status: 'copied',
+      digest: image.root.digest,
+      target: `${backup.host}/${repository}:2.0@${image.root.digest}`,
+    });
+    for (const manifest of image.manifests) {
+      const fetched = await fetchManifest(backup.url, repository, manifest.digest, { credentials: backup.credentials! });
+      expect(sha256Digest(fetched.bytes)).toBe(manifest.digest);
+    }
+    expect(fn.logs()).not.toContain(backup.credentials!.password);
+    expect(fn.logs()).not.toContain(source.credentials!.password);
+  });
+
+  it('fails clearly, without the password, when the backup refuses the credentials', async () => {
+    const wrong = await startNodeFunction({
+      BACKUP_REGISTRY: backup.host,
+      BACKUP_NAMESPACE: 'backups',
+      INSECURE_REGISTRIES: `${source.host},${backup.host}`,
+      REGISTRY_AUTH_JSON: JSON.stringify({
+        auths: {
+          [backup.host]: { username: backup.credentials!.username, password: 'not-the-password' },
+          [source.host]: source.credentials,
+        },
+      }),
+    });
+    try {
+      const [result] = (await wrong.clone({ images: [`${source.host}/private/app:2.0`] })).body.results;
+      expect(result.status).toBe('failed');
+      expect(result.error).toMatch(/401/);
+      expect(result.error).not.toContain('not-the-password');
+    } finally {
+      await wrong.stop();
+    }
+  });
+});

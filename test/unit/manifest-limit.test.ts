@@ -1,0 +1,81 @@
+import { describe, expect, it } from 'vitest';
+import { BlobCopier, KnownBlobs } from '../../functions/copy/blob.ts';
+import { ImageCopier } from '../../functions/copy/image.ts';
+import { Semaphore } from '../../functions/copy/limit.ts';
+import { backupLocation } from '../../functions/naming.ts';
+import { RegistryClient } from '../../functions/registry/client.ts';
+import { StaticCredentials } from '../../functions/registry/credentials.ts';
+
+const silent = { info() {}, warn() {}, error() {}, debug() {} };
+const policy = { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1, maxTotalMs: 1, maxRetryAfterMs: 1 };
+
+/** A copier whose registry answers every manifest GET with `body` (and the headers given). */
+function copierServing(body: () => ReadableStream<Uint8Array>, headers: Record<string, string> = {}) {
+  const client = new RegistryClient({
+    fetch: async () =>
+      new Response(body(), {
+        status: 200,
+        headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json', ...headers },
+      }),
+    credentials: new StaticCredentials(new Map()),
+    retryPolicy: policy,
+  });
+  const blobs = new BlobCopier({
+    client,
+    runtime: { sizedBody: (s) => s },
+    known: new KnownBlobs(),
+    transfers: new Semaphore(1),
+    retryPolicy: policy,
+  });
+  return new ImageCopier({
+    client,
+    blobs,
+    backup: backupLocation('backup.example', 'ns'),
+    logger: silent,
+    blobConcurrency: 1,
+    retryPolicy: policy,
+  });
+}
+
+function chunks(count: number, size: number): () => ReadableStream<Uint8Array> {
+  return () => {
+    let sent = 0;
+    return new ReadableStream({
+      pull(controller) {
+        if (sent++ === count) controller.close();
+        else controller.enqueue(new Uint8Array(size).fill(0x20));
+      },
+    });
+  };
+}
+
+describe('manifest size limit (4 MiB)', () => {
+  const repository = { registry: 'source.example', repository: 'app' };
+
+  it('refuses a manifest whose Content-Length says it is larger, without reading it', async () => {
+    let pulled = 0;
+    const copier = copierServing(
+      () => new ReadableStream({ pull: (c) => void (pulled++ < 100 ? c.enqueue(new Uint8Array(1024)) : c.close()) }),
+      { 'content-length': String(5 * 1024 * 1024) },
+    );
+    await expect(copier.fetchManifest(repository, 'v1')).rejects.toThrow(/larger than 4 MiB/);
+    expect(pulled).toBeLessThan(5);
+  });
+
+  it('stops reading a body that grows past 4 MiB without a Content-Length', async () => {
+    const copier = copierServing(chunks(1000, 64 * 1024));
+    await expect(copier.fetchManifest(repository, 'v1')).rejects.toThrow(/larger than 4 MiB/);
+  });
+
+  it('accepts a manifest of exactly 4 MiB', async () => {
+    const copier = copierServing(chunks(64, 64 * 1024));
+    // 4 MiB of spaces is not JSON: the size passes, the parse fails.
+    await expect(copier.fetchManifest(repository, 'v1')).rejects.toThrow(/not valid JSON/);
+  });
+
+  it('copies an image through copy() and reports a failure as a result, never a throw', async () => {
+    const copier = copierServing(chunks(1000, 64 * 1024));
+    const result = await copier.copy('source.example/app:v1');
+    expect(result).toMatchObject({ status: 'failed', source: 'source.example/app:v1' });
+  });
+});
