@@ -114,7 +114,9 @@ export type Environment = Readonly<Record<string, string | undefined>>;
  * entry point (only Node has files); REGISTRY_AUTH_JSON holds the same JSON inline.
  */
 export function loadConfig(env: Environment, registryAuthFile?: string): FunctionConfig {
-  const parsed = environment.safeParse(env);
+  // A blank value (a ConfigMap key left empty) means unset, as for the bridge.
+  const present = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== undefined && value.trim() !== ''));
+  const parsed = environment.safeParse(present);
   if (!parsed.success) {
     const problems = parsed.error.issues.map((issue) => `${issue.path.join('.')} ${issue.message}`);
     throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
@@ -130,7 +132,7 @@ export function loadConfig(env: Environment, registryAuthFile?: string): Functio
   } catch (error) {
     throw new ConfigError(`invalid configuration: BACKUP_NAMESPACE: ${(error as Error).message}`);
   }
-  const authJson = registryAuthFile ?? env.REGISTRY_AUTH_JSON;
+  const authJson = registryAuthFile ?? present.REGISTRY_AUTH_JSON;
   let credentials = new Map<string, Credentials>();
   if (authJson !== undefined && authJson.trim() !== '') {
     try {

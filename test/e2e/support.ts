@@ -1,0 +1,678 @@
+// The whole system on loopback, started the way an operator runs it, for the end-to-end tests and
+// for `npm run demo`:
+//
+// - a real kube-apiserver (test/support/kube-cluster.ts) with k8s/rbac, k8s/secrets and
+//   k8s/setup/cloner-deployment.yml applied by kubectl, only endpoints and generated secrets
+//   substituted in the text;
+// - a source registry holding the example images (built by code, named like the real ones),
+//   reached through a fault-injecting proxy so tests can slow a copy down;
+// - a Docker-Hub-like backup registry: token auth, the flat layout;
+// - the clone function (`node functions/node.ts`) configured from the applied ConfigMap and
+//   Secrets, behind a fixed address (a stand-in for its Service) so it can go down and come back;
+// - bridges (`node bridge/main.ts`) with the ServiceAccount's own token, so k8s/rbac is what is
+//   exercised, and a stand-in for the bridge's Service that sends callbacks to the ready replica
+//   (the lease holder), as the Service in cloner-deployment.yml does.
+//
+// No vitest here: scripts/demo.ts imports it too.
+
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http';
+import { createConnection, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { backupLocation, backupReference, type BackupLocation } from '../../functions/naming.ts';
+import { formatReference, parseReference } from '../../functions/reference.ts';
+import { startNodeFunction, type CloneFunction } from '../support/clone-function.ts';
+import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
+import {
+  dockerManifestList,
+  fetchManifest,
+  ociIndexWithAttestations,
+  pushImage,
+  registrySession,
+  sha256Digest,
+  type RegistrySession,
+  type TestImage,
+} from '../support/images.ts';
+import { startKubeCluster, type KubeCluster } from '../support/kube-cluster.ts';
+import { freePort } from '../support/ports.ts';
+import { startRegistry, type Registry } from '../support/registry.ts';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+/** The controller's namespace, ServiceAccount and config objects, as k8s/ names them. */
+export const CONTROLLER_NAMESPACE = 'image-clone-controller';
+export const SERVICE_ACCOUNT = 'image-cloner';
+export const BACKUP_ACCOUNT = 'backupacct';
+
+// --- example images -----------------------------------------------------------------------------
+
+export interface ExampleImage {
+  /** As k8s/setup writes it. */
+  readonly original: string;
+  /** Repository in the local source registry, the path the real image has. */
+  readonly repository: string;
+  readonly tag: string;
+  readonly build: () => TestImage;
+}
+
+/** The images of k8s/setup/app-deployment.yml and app-daemonset.yml, built by code. */
+export const EXAMPLE_IMAGES: readonly ExampleImage[] = [
+  { original: 'nginx:1.27', repository: 'library/nginx', tag: '1.27', build: () => dockerManifestList('example/nginx:1.27') },
+  {
+    original: 'busybox:1.36',
+    repository: 'library/busybox',
+    tag: '1.36',
+    build: () => dockerManifestList('example/busybox:1.36'),
+  },
+  {
+    original: 'quay.io/prometheus/node-exporter:v1.8.2',
+    repository: 'prometheus/node-exporter',
+    tag: 'v1.8.2',
+    build: () => ociIndexWithAttestations('example/node-exporter:v1.8.2'),
+  },
+];
+
+/**
+ * Points every `image:` of a manifest at `host`, keeping repository path, tag and digest:
+ * `nginx:1.27` → `HOST/library/nginx:1.27`, `quay.io/prometheus/x:1` → `HOST/prometheus/x:1`.
+ */
+export function rewriteImageHosts(manifest: string, host: string): string {
+  return manifest.replace(
+    /^(\s*(?:-\s+)?image:\s*)(["']?)([^\s"'#]+)\2/gm,
+    (_line, prefix: string, quote: string, image: string) => {
+      const reference = parseReference(image);
+      const rewritten = formatReference({ ...reference, registry: host });
+      return `${prefix}${quote}${rewritten}${quote}`;
+    },
+  );
+}
+
+// --- processes ----------------------------------------------------------------------------------
+
+/** setpriv --pdeathsig: the kernel ends a child when this process dies, however it dies. */
+const PDEATHSIG: readonly string[] = (() => {
+  const probe = spawnSync('setpriv', ['--help'], { encoding: 'utf8' });
+  return probe.status === 0 && probe.stdout.includes('--pdeathsig') ? ['--pdeathsig', 'KILL', '--'] : [];
+})();
+
+const children = new Set<ChildProcess>();
+process.once('exit', () => children.forEach((child) => child.kill('SIGKILL')));
+
+/** One pino line of a bridge, with the name of the bridge process that wrote it. */
+export interface LogLine {
+  readonly bridge: string;
+  readonly level: number;
+  readonly time: number;
+  readonly msg: string;
+  readonly [field: string]: unknown;
+}
+
+export interface BridgeProcess {
+  /** Its POD_NAME: the identity it holds the lease under. */
+  readonly name: string;
+  readonly pid: number;
+  readonly port: number;
+  readonly url: string;
+  readonly mode: 'callback' | 'synchronous';
+  /** Every JSON line it printed so far. */
+  readonly logs: LogLine[];
+  /** Raw stdout and stderr. */
+  output(): string;
+  readonly running: boolean;
+  /** When it was killed (SIGKILL), if it was. */
+  readonly killedAt: number | undefined;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** GET /readyz answered 200: this replica leads and its informers are synced. */
+  ready(): Promise<boolean>;
+  metrics(): Promise<string>;
+  /** SIGTERM (a pod being replaced): the bridge releases its lease and exits. */
+  stop(): Promise<void>;
+  /** SIGKILL (a crash): the lease stays held until it expires. */
+  kill(): Promise<void>;
+}
+
+async function startBridgeProcess(
+  name: string,
+  env: Record<string, string>,
+  onLine: (line: LogLine) => void,
+): Promise<BridgeProcess> {
+  const port = Number(env.PORT);
+  const command = PDEATHSIG.length > 0 ? 'setpriv' : process.execPath;
+  const args = [...(PDEATHSIG.length > 0 ? [...PDEATHSIG, process.execPath] : []), 'bridge/main.ts'];
+  const child = spawn(command, args, {
+    cwd: REPO_ROOT,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.add(child);
+  const logs: LogLine[] = [];
+  let raw = '';
+  let partial = '';
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+    raw = (raw + chunk).slice(-4_000_000);
+    partial += chunk;
+    let newline: number;
+    while ((newline = partial.indexOf('\n')) !== -1) {
+      const text = partial.slice(0, newline);
+      partial = partial.slice(newline + 1);
+      try {
+        const line = { ...(JSON.parse(text) as object), bridge: name } as LogLine;
+        logs.push(line);
+        onLine(line);
+      } catch {
+        // Not a log line (a crash trace goes to stderr, but be lenient).
+      }
+    }
+  });
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (raw = (raw + chunk).slice(-4_000_000)));
+  let running = true;
+  let killedAt: number | undefined;
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => {
+      running = false;
+      children.delete(child);
+      resolve({ code, signal });
+    }),
+  );
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30_000;
+  while (!logs.some((line) => line.msg === 'bridge listening')) {
+    if (!running) throw new Error(`bridge ${name} exited during startup:\n${raw.slice(-4000)}`);
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`bridge ${name} did not start listening in 30 s:\n${raw.slice(-4000)}`);
+    }
+    await sleep(50);
+  }
+  const signal = async (which: NodeJS.Signals) => {
+    if (!running) return;
+    child.kill(which);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    await exited;
+    clearTimeout(timer);
+  };
+  return {
+    name,
+    pid: child.pid!,
+    port,
+    url,
+    mode: env.CALLBACK_URL ? 'callback' : 'synchronous',
+    logs,
+    output: () => raw,
+    get running() {
+      return running;
+    },
+    get killedAt() {
+      return killedAt;
+    },
+    exited,
+    ready: async () => {
+      if (!running) return false;
+      try {
+        const response = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2_000) });
+        await response.arrayBuffer();
+        return response.status === 200;
+      } catch {
+        return false;
+      }
+    },
+    metrics: async () => (await fetch(`${url}/metrics`)).text(),
+    stop: () => signal('SIGTERM'),
+    kill: async () => {
+      if (running) killedAt = Date.now();
+      await signal('SIGKILL');
+    },
+  };
+}
+
+// --- stand-ins for the two Services -------------------------------------------------------------
+
+/** A fixed TCP address forwarding to whatever is behind it now; nothing behind it: connection reset. */
+export interface TcpService {
+  readonly url: string;
+  setTarget(port: number | undefined): void;
+  stop(): Promise<void>;
+}
+
+export async function startTcpService(): Promise<TcpService> {
+  let target: number | undefined;
+  const sockets = new Set<Socket>();
+  const server = createTcpServer((client) => {
+    sockets.add(client);
+    client.once('close', () => sockets.delete(client));
+    if (target === undefined) {
+      client.destroy();
+      return;
+    }
+    const upstream = createConnection({ host: '127.0.0.1', port: target });
+    sockets.add(upstream);
+    upstream.once('close', () => sockets.delete(upstream));
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    client.pipe(upstream).pipe(client);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    setTarget(port) {
+      target = port;
+    },
+    async stop() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** A callback as it reached the bridge's Service: what a captured request would hold. */
+export interface RecordedCallback {
+  readonly at: number;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: string;
+  /** The status the bridge answered; 503 when no replica was ready. */
+  status: number | undefined;
+}
+
+/** The bridge's Service: requests go to a replica whose /readyz says ready (only the leader is). */
+export interface BridgeService {
+  readonly url: string;
+  readonly callbacks: RecordedCallback[];
+  stop(): Promise<void>;
+}
+
+async function startBridgeService(backends: () => readonly BridgeProcess[]): Promise<BridgeService> {
+  const callbacks: RecordedCallback[] = [];
+  const pick = async (): Promise<BridgeProcess | undefined> => {
+    for (const bridge of backends()) if (bridge.running && (await bridge.ready())) return bridge;
+    return undefined;
+  };
+  const server: Server = createHttpServer(async (req, res) => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const body = Buffer.concat(chunks);
+    let record: RecordedCallback | undefined;
+    if (req.method === 'POST' && req.url?.startsWith('/callback')) {
+      record = { at: Date.now(), headers: pickHeaders(req.headers), body: body.toString('utf8'), status: undefined };
+      callbacks.push(record);
+    }
+    const backend = await pick();
+    if (backend === undefined) {
+      if (record) record.status = 503;
+      res.writeHead(503, { 'content-type': 'application/json' }).end('{"error":"no ready endpoint"}');
+      return;
+    }
+    const upstream = httpRequest({
+      host: '127.0.0.1',
+      port: backend.port,
+      method: req.method,
+      path: req.url,
+      headers: { ...req.headers, 'content-length': String(body.length), connection: 'close' },
+    });
+    upstream.on('error', () => {
+      if (record) record.status = 502;
+      if (!res.headersSent) res.writeHead(502).end();
+      else res.destroy();
+    });
+    upstream.on('response', (answer) => {
+      if (record) record.status = answer.statusCode;
+      res.writeHead(answer.statusCode ?? 502, answer.headers);
+      answer.pipe(res);
+    });
+    upstream.end(body);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    callbacks,
+    async stop() {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+function pickHeaders(headers: IncomingHttpHeaders): Record<string, string> {
+  const picked: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (typeof value === 'string' && (name.startsWith('x-clone-') || name === 'content-type')) picked[name] = value;
+  }
+  return picked;
+}
+
+// --- the system ---------------------------------------------------------------------------------
+
+export interface SystemOptions {
+  /** Folder holding kube-apiserver and etcd (default: $KUBE_BINARIES_DIR or scripts/kube-binaries). */
+  readonly binDir?: string;
+  /** Progress messages. */
+  readonly log?: (message: string) => void;
+  /**
+   * Whether workloads reach the source registry through the fault proxy (default true: tests
+   * slow copies down with it). False names the registry's own address.
+   */
+  readonly sourceThroughProxy?: boolean;
+  /** Aborting stops whatever has started so far; a start in progress then rejects. */
+  readonly signal?: AbortSignal;
+}
+
+export interface StartBridgeOptions {
+  /** false: no CALLBACK_URL, the bridge calls the function synchronously (a function on a FaaS). */
+  readonly callback?: boolean;
+}
+
+export interface System {
+  readonly cluster: KubeCluster;
+  /** Seed through `source.url`; workloads name images on `sourceHost`. */
+  readonly source: Registry;
+  readonly sourceProxy: FaultProxy;
+  /** The source registry's host in image references: the proxy's, unless sourceThroughProxy is false. */
+  readonly sourceHost: string;
+  readonly backup: Registry;
+  readonly backupSession: RegistrySession;
+  readonly backupLocation: BackupLocation;
+  /** AUTH_TOKEN and CALLBACK_SECRET as generated and applied in k8s/secrets. */
+  readonly secrets: { readonly authToken: string; readonly callbackSecret: string };
+  readonly bridgeService: BridgeService;
+  /** Every bridge started, in order (stopped ones included). */
+  readonly bridges: readonly BridgeProcess[];
+  /** Every log line of every bridge, in arrival order. */
+  readonly logs: readonly LogLine[];
+  cloneFunction(): CloneFunction | undefined;
+  /** Starts the function (again) behind its fixed address. */
+  startFunction(): Promise<CloneFunction>;
+  /** Takes the function away: connections to its address are reset until startFunction(). */
+  stopFunction(): Promise<void>;
+  startBridge(name: string, options?: StartBridgeOptions): Promise<BridgeProcess>;
+  /** kubectl as the cluster admin; throws with kubectl's message on failure. */
+  kubectl(args: readonly string[], input?: string): Promise<string>;
+  /** The example workloads of k8s/setup with their images pointed at the source registry. */
+  exampleWorkloads(): Promise<string>;
+  /** Pushes an image to the source registry; returns its reference as workloads write it. */
+  seed(repository: string, tag: string, image: TestImage): Promise<string>;
+  /** `backup/name:tag@digest`, where the bridge must point `image` (digest: the source's). */
+  backupOf(image: string, digest: string): string;
+  /** Reads the backup of `image` back: every manifest by digest, byte for byte, and the tag. */
+  verifyBackup(image: string, expected: TestImage): Promise<{ repository: string; tag: string; digest: string }>;
+  /** Whether the backup registry holds a manifest for this source image's tag. */
+  hasBackup(image: string): Promise<boolean>;
+  /** Writes every process's output to `dir` (bridge-<name>.log, clone-function.log), for debugging. */
+  writeLogs(dir: string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startSystem(options: SystemOptions = {}): Promise<System> {
+  const log = options.log ?? (() => {});
+  const stops: (() => Promise<unknown>)[] = [];
+  const bridges: BridgeProcess[] = [];
+  const logs: LogLine[] = [];
+  let fn: CloneFunction | undefined;
+  /** Output of function processes already stopped. */
+  let functionOutput = '';
+  let stopped = false;
+
+  let stopping: Promise<void> | undefined;
+  /** Stops everything started so far; every call gets the same promise. */
+  const stop = (): Promise<void> => {
+    stopped = true;
+    stopping ??= (async () => {
+      for (const bridge of [...bridges].reverse()) await bridge.stop().catch(() => {});
+      await fn?.stop().catch(() => {});
+      for (const step of stops.splice(0).reverse()) await step().catch(() => {});
+    })();
+    return stopping;
+  };
+  /** Hands what was just started to stop(); when stop() ran meanwhile (an abort), stops it at once. */
+  const own = async <T>(started: T, stopIt: (value: T) => Promise<unknown>): Promise<T> => {
+    if (stopped) {
+      await stopIt(started).catch(() => {});
+      throw new Error('stopped while starting');
+    }
+    stops.push(() => stopIt(started));
+    return started;
+  };
+  if (options.signal?.aborted) throw new Error('aborted');
+  options.signal?.addEventListener('abort', () => void stop(), { once: true });
+
+  try {
+    log('starting etcd and kube-apiserver');
+    const cluster = await own(await startKubeCluster(options.binDir === undefined ? {} : { binDir: options.binDir }), (c) =>
+      c.stop(),
+    );
+    const kubectl = async (args: readonly string[], input?: string): Promise<string> => {
+      const result = await cluster.kubectl(args, input === undefined ? {} : { input });
+      if (result.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${result.stderr.trim()}`);
+      return result.stdout;
+    };
+
+    log('starting the source registry and the backup registry (token auth, like Docker Hub)');
+    const source = await own(await startRegistry({ auth: 'none' }), (r) => r.stop());
+    const backup = await own(await startRegistry({ auth: 'token' }), (r) => r.stop());
+    const sourceProxy = await own(await startFaultProxy(source.url), (p) => p.stop());
+    const sourceHost = options.sourceThroughProxy === false ? source.host : sourceProxy.host;
+    const backupSession = registrySession(backup.url, { credentials: backup.credentials! });
+    const location = backupLocation(backup.host, BACKUP_ACCOUNT, { layout: 'flat' });
+
+    log(`seeding the source registry ${sourceHost} with the example images`);
+    for (const example of EXAMPLE_IMAGES) {
+      await pushImage(source.url, example.repository, example.build(), { tag: example.tag });
+    }
+
+    // The manifests as an operator applies them; only endpoints and secrets filled in.
+    log('applying k8s/rbac, k8s/secrets and k8s/setup/cloner-deployment.yml');
+    await kubectl(['apply', '-f', join(REPO_ROOT, 'k8s/rbac')]);
+    const authToken = randomBytes(32).toString('hex');
+    const callbackSecret = randomBytes(32).toString('hex');
+    const credentials = backup.credentials!;
+    await kubectl(
+      ['apply', '-f', '-'],
+      await substitute('k8s/secrets/image-cloner-secrets.yml', [
+        [/^(\s*AUTH_TOKEN:\s*).*$/m, JSON.stringify(authToken)],
+        [/^(\s*CALLBACK_SECRET:\s*).*$/m, JSON.stringify(callbackSecret)],
+      ]),
+    );
+    await kubectl(
+      ['apply', '-f', '-'],
+      await substitute('k8s/secrets/docker-cred-secret.yml', [
+        [/^(\s*)"https:\/\/index\.docker\.io\/v1\/"(?=:)/m, JSON.stringify(backup.host)],
+        [/<BACKUP_REGISTRY_USERNAME>/, JSON.stringify(credentials.username).slice(1, -1)],
+        [/<BACKUP_REGISTRY_PASSWORD_OR_ACCESS_TOKEN>/, JSON.stringify(credentials.password).slice(1, -1)],
+      ]),
+    );
+
+    const functionService = await own(await startTcpService(), (service) => service.stop());
+    const bridgeService = await own(await startBridgeService(() => bridges), (service) => service.stop());
+    const configValue = (key: string, value: string): [RegExp, string] => [
+      new RegExp(`^(\\s*${key}:\\s*).*$`, 'm'),
+      JSON.stringify(value),
+    ];
+    const clonerYaml = await substitute('k8s/setup/cloner-deployment.yml', [
+      configValue('FUNCTION_URL', functionService.url),
+      configValue('CALLBACK_URL', `${bridgeService.url}/callback`),
+      configValue('BACKUP_REGISTRY', backup.host),
+      configValue('BACKUP_NAMESPACE', BACKUP_ACCOUNT),
+      // A registry on an address would get the nested layout; this one stands in for Docker Hub.
+      configValue('BACKUP_LAYOUT', 'flat'),
+    ]);
+    await kubectl(['apply', '-f', '-'], clonerYaml);
+
+    // What the pods would get from those objects (envFrom, secretKeyRef, the mounted Secret).
+    const configMap = JSON.parse(
+      await kubectl(['get', 'configmap', 'image-cloner-config', '-n', CONTROLLER_NAMESPACE, '-o', 'json']),
+    ) as { data: Record<string, string> };
+    const secretData = async (name: string) => {
+      const secret = JSON.parse(await kubectl(['get', 'secret', name, '-n', CONTROLLER_NAMESPACE, '-o', 'json'])) as {
+        data: Record<string, string>;
+      };
+      return Object.fromEntries(
+        Object.entries(secret.data).map(([key, value]) => [key, Buffer.from(value, 'base64').toString()]),
+      );
+    };
+    const sharedSecrets = await secretData('image-cloner-secrets');
+    const registryAuthFile = join(cluster.dir, 'registry-auth.json');
+    await writeFile(registryAuthFile, (await secretData('docker-cred-secret'))['.dockerconfigjson']!, { mode: 0o600 });
+    const serviceAccountKubeconfig = await cluster.serviceAccountKubeconfig(CONTROLLER_NAMESPACE, SERVICE_ACCOUNT);
+
+    const functionEnv: Record<string, string> = {
+      ...configMap.data,
+      AUTH_TOKEN: sharedSecrets.AUTH_TOKEN!,
+      CALLBACK_SECRET: sharedSecrets.CALLBACK_SECRET!,
+      REGISTRY_AUTH_FILE: registryAuthFile,
+      // Loopback registries speak plain HTTP.
+      INSECURE_REGISTRIES: `${sourceProxy.host},${source.host},${backup.host}`,
+    };
+
+    const startFunction = async () => {
+      if (fn !== undefined) throw new Error('the clone function is running already');
+      log('starting the clone function (node functions/node.ts)');
+      const started = await startNodeFunction(functionEnv);
+      if (stopped) {
+        await started.stop();
+        throw new Error('stopped while starting');
+      }
+      fn = started;
+      functionService.setTarget(Number(new URL(started.url).port));
+      return started;
+    };
+    const stopFunction = async () => {
+      functionService.setTarget(undefined);
+      const running = fn;
+      fn = undefined;
+      await running?.stop();
+      functionOutput += running?.logs() ?? '';
+    };
+    await startFunction();
+
+    const startBridge = async (name: string, bridgeOptions: StartBridgeOptions = {}) => {
+      const port = await freePort();
+      const env: Record<string, string> = {
+        ...configMap.data,
+        ...(bridgeOptions.callback === false && { CALLBACK_URL: '' }),
+        PORT: String(port),
+        AUTH_TOKEN: sharedSecrets.AUTH_TOKEN!,
+        CALLBACK_SECRET: sharedSecrets.CALLBACK_SECRET!,
+        POD_NAME: name,
+        POD_NAMESPACE: CONTROLLER_NAMESPACE,
+        // Outside a pod: the ServiceAccount's token in a kubeconfig, and leader election asked for
+        // explicitly (it is on by default only in-cluster).
+        KUBECONFIG: serviceAccountKubeconfig,
+        LEADER_ELECTION: 'true',
+      };
+      log(`starting bridge ${name} (node bridge/main.ts, ${env.CALLBACK_URL ? 'callback' : 'synchronous'} mode)`);
+      const bridge = await startBridgeProcess(name, env, (line) => logs.push(line));
+      bridges.push(bridge);
+      if (stopped) {
+        await bridge.stop();
+        throw new Error('stopped while starting');
+      }
+      return bridge;
+    };
+
+    const backupTarget = (image: string) => backupReference(parseReference(image), location);
+    return {
+      cluster,
+      source,
+      sourceProxy,
+      sourceHost,
+      backup,
+      backupSession,
+      backupLocation: location,
+      secrets: { authToken: sharedSecrets.AUTH_TOKEN!, callbackSecret: sharedSecrets.CALLBACK_SECRET! },
+      bridgeService,
+      bridges,
+      logs,
+      cloneFunction: () => fn,
+      startFunction,
+      stopFunction,
+      startBridge,
+      kubectl,
+      exampleWorkloads: async () => {
+        const files = ['k8s/setup/app-deployment.yml', 'k8s/setup/app-daemonset.yml'];
+        const texts = await Promise.all(files.map((file) => readFile(join(REPO_ROOT, file), 'utf8')));
+        return texts.map((text) => rewriteImageHosts(text, sourceHost)).join('\n---\n');
+      },
+      seed: async (repository, tag, image) => {
+        await pushImage(source.url, repository, image, { tag });
+        return `${sourceHost}/${repository}:${tag}`;
+      },
+      backupOf: (image, digest) => `${formatReference(backupTarget(image))}@${digest}`,
+      verifyBackup: async (image, expected) => {
+        const target = backupTarget(image);
+        for (const manifest of expected.manifests) {
+          const fetched = await fetchManifest(backupSession, target.repository, manifest.digest);
+          if (fetched.status !== 200) throw new Error(`${target.repository}@${manifest.digest}: HTTP ${fetched.status}`);
+          if (sha256Digest(fetched.bytes) !== manifest.digest)
+            throw new Error(`${target.repository}@${manifest.digest}: the backup serves other bytes`);
+        }
+        const tagged = await fetchManifest(backupSession, target.repository, target.tag!);
+        if (tagged.status !== 200) throw new Error(`${target.repository}:${target.tag}: HTTP ${tagged.status}`);
+        const digest = sha256Digest(tagged.bytes);
+        if (digest !== expected.root.digest)
+          throw new Error(`${target.repository}:${target.tag} is ${digest}, expected ${expected.root.digest}`);
+        return { repository: target.repository, tag: target.tag!, digest };
+      },
+      hasBackup: async (image) => {
+        const target = backupTarget(image);
+        const fetched = await fetchManifest(backupSession, target.repository, target.tag!);
+        return fetched.status === 200;
+      },
+      writeLogs: async (dir) => {
+        await mkdir(dir, { recursive: true });
+        for (const bridge of bridges) await writeFile(join(dir, `bridge-${bridge.name}.log`), bridge.output());
+        await writeFile(join(dir, 'clone-function.log'), functionOutput + (fn?.logs() ?? ''));
+        await writeFile(join(dir, 'kube-apiserver.log'), await readFile(cluster.logs.apiServer, 'utf8').catch(() => ''));
+      },
+      stop,
+    };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+// --- small helpers ------------------------------------------------------------------------------
+
+/**
+ * A manifest of k8s/ with values filled in: each match of a pattern becomes its first group (kept
+ * as it is, if the pattern has one) followed by the value. Fails when a pattern no longer matches,
+ * so a changed manifest is never applied with its placeholders.
+ */
+export async function substitute(file: string, replacements: readonly (readonly [RegExp, string])[]): Promise<string> {
+  let text = await readFile(join(REPO_ROOT, file), 'utf8');
+  for (const [pattern, value] of replacements) {
+    if (!pattern.test(text)) throw new Error(`${file} no longer matches ${pattern}: update test/e2e/support.ts`);
+    text = text.replace(pattern, (...match: unknown[]) => `${typeof match[1] === 'string' ? match[1] : ''}${value}`);
+  }
+  return text;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `probe` until it returns something other than undefined/false; the last error is reported. */
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 60_000,
+  intervalMs = 200,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined && value !== false) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    }
+    await sleep(intervalMs);
+  }
+}
