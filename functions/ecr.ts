@@ -2,7 +2,7 @@
 // credential chain signs that call), cached until shortly before they expire, and repositories
 // created on first use, because ECR does not create them on push.
 
-import { CreateRepositoryCommand, ECRClient, GetAuthorizationTokenCommand, type ECRClientConfig } from '@aws-sdk/client-ecr';
+import type { ECRClient, ECRClientConfig } from '@aws-sdk/client-ecr';
 import type { EcrSettings } from './config.ts';
 import type { CredentialSource, Credentials } from './registry/credentials.ts';
 
@@ -21,9 +21,12 @@ export interface EcrOptions {
   readonly now?: () => number;
 }
 
+type Sdk = typeof import('@aws-sdk/client-ecr');
+
 export class Ecr implements CredentialSource {
   readonly #options: EcrOptions;
-  readonly #client: ECRClient;
+  /** The SDK is loaded on first use: several MiB of memory a function without ECR never pays. */
+  #sdk: Promise<{ sdk: Sdk; client: ECRClient }> | undefined;
   readonly #now: () => number;
   #token: { credentials: Credentials; renewAt: number } | undefined;
   #pendingToken: Promise<Credentials> | undefined;
@@ -32,7 +35,14 @@ export class Ecr implements CredentialSource {
   constructor(options: EcrOptions) {
     this.#options = options;
     this.#now = options.now ?? Date.now;
-    this.#client = new ECRClient({ region: options.region, ...options.clientConfig });
+  }
+
+  #loadSdk(): Promise<{ sdk: Sdk; client: ECRClient }> {
+    this.#sdk ??= import('@aws-sdk/client-ecr').then((sdk) => ({
+      sdk,
+      client: new sdk.ECRClient({ region: this.#options.region, ...this.#options.clientConfig }),
+    }));
+    return this.#sdk;
   }
 
   async get(registry: string): Promise<Credentials | undefined> {
@@ -49,7 +59,8 @@ export class Ecr implements CredentialSource {
   }
 
   async #fetchToken(): Promise<Credentials> {
-    const output = await this.#client.send(new GetAuthorizationTokenCommand({}));
+    const { sdk, client } = await this.#loadSdk();
+    const output = await client.send(new sdk.GetAuthorizationTokenCommand({}));
     const data = output.authorizationData?.[0];
     if (!data?.authorizationToken) throw new Error('ECR GetAuthorizationToken returned no token');
     const decoded = atob(data.authorizationToken);
@@ -76,9 +87,10 @@ export class Ecr implements CredentialSource {
 
   async #create(repository: string): Promise<void> {
     const { settings } = this.#options;
+    const { sdk, client } = await this.#loadSdk();
     try {
-      await this.#client.send(
-        new CreateRepositoryCommand({
+      await client.send(
+        new sdk.CreateRepositoryCommand({
           repositoryName: repository,
           imageTagMutability: settings.tagMutability,
           imageScanningConfiguration: { scanOnPush: settings.scanOnPush },

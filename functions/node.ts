@@ -2,9 +2,10 @@
 // configuration from the environment, serves the Hono app, runs callback jobs in this process.
 
 import { readFileSync } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { serve } from '@hono/node-server';
 import { pino } from 'pino';
-import { Agent, fetch as undiciFetch } from 'undici';
+import { Agent, type Dispatcher } from 'undici';
 import { createApp, type CloneJob, type JobRunner } from './app.ts';
 import { deliverCallback } from './callback.ts';
 import { ConfigError, loadConfig, type FunctionConfig } from './config.ts';
@@ -29,14 +30,71 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): FunctionConfig
   return loadConfig(env, fileContent);
 }
 
-/** Explicit pools: a few connections per registry, kept alive between blobs. */
+/** Statuses whose responses carry no content (a Response refuses a body for them). */
+const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304]);
+
+/**
+ * The fetch the engine speaks, on undici's request API with explicit pools: a few connections per
+ * registry, kept alive between blobs. Not undici's fetch, for two costs it has on this path:
+ * - it copies every chunk of a response body into a fresh buffer (the fetch spec's "enqueue a
+ *   Uint8Array wrapping an ArrayBuffer containing bytes"), so a blob copy allocates its size twice;
+ *   the garbage piles up until V8's external-memory limit forces a collection (tens of MiB of
+ *   RSS, and fresh pages touched for every chunk);
+ * - it closes the connection after every HEAD (undici's guard against servers that answer HEAD
+ *   with a body), and the engine asks a HEAD for every blob and manifest: a new TCP (and TLS)
+ *   connection each time. Registries answer HEAD by the book, so HEAD keeps the connection.
+ * Redirects are never followed here (the engine follows them itself, without Authorization on
+ * another host), as with redirect: 'manual'.
+ */
 function registryFetch(): FetchLike {
   const dispatcher = new Agent({ connections: 16, keepAliveTimeout: 30_000, connectTimeout: 15_000 });
-  return ((input: string | URL | Request, init?: RequestInit) =>
-    undiciFetch(
-      input as Parameters<typeof undiciFetch>[0],
-      { ...(init as object), dispatcher } as Parameters<typeof undiciFetch>[1],
-    )) as unknown as FetchLike;
+  return async (input, init = {}) => {
+    const url = new URL(input instanceof Request ? input.url : input);
+    const method = (init.method ?? 'GET').toUpperCase() as Dispatcher.HttpMethod;
+    const response = await dispatcher.request({
+      origin: url.origin,
+      path: `${url.pathname}${url.search}`,
+      method,
+      headers: Object.fromEntries(new Headers(init.headers)),
+      // undici takes async iterables (a Web stream is one); its types list Readable only.
+      body: requestBody(init.body) as string | Uint8Array | Readable | null,
+      signal: init.signal ?? null,
+      ...(method === 'HEAD' && { reset: false }),
+    });
+    const headers = new Headers();
+    for (const [name, value] of Object.entries(response.headers)) {
+      for (const item of Array.isArray(value) ? value : [value]) if (item !== undefined) headers.append(name, item);
+    }
+    let body: ReadableStream<Uint8Array> | null = null;
+    if (method === 'HEAD' || NULL_BODY_STATUSES.has(response.statusCode)) await response.body.dump();
+    else body = webStream(response.body);
+    return new Response(body, { status: response.statusCode, headers });
+  };
+}
+
+function requestBody(body: RequestInit['body']): string | Uint8Array | AsyncIterable<Uint8Array> | null {
+  if (body === undefined || body === null) return null;
+  if (typeof body === 'string' || body instanceof Uint8Array) return body;
+  if (body instanceof ReadableStream) return body as ReadableStream<Uint8Array>;
+  throw new TypeError('registry requests send a string, bytes or a stream');
+}
+
+/** A Web stream over a Node stream, passing its buffers on as they are (no copy). */
+function webStream(body: Readable): ReadableStream<Uint8Array> {
+  // Errors reach the reader through the iterator; this keeps one nobody reads (an aborted
+  // download) from being an uncaught 'error' event.
+  body.on('error', () => {});
+  const chunks = body[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await chunks.next();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel(reason) {
+      body.destroy(reason instanceof Error ? reason : undefined);
+    },
+  });
 }
 
 /** Callback jobs in this process: started at once, their callbacks retried until the deadline. */

@@ -106,40 +106,69 @@ export class BlobCopier {
       source.registry === target.registry && source.repository !== target.repository
         ? source.repository
         : known.holder(target.registry, blob.digest, target.repository);
-    const start = await client.send({
-      registry: target.registry,
-      method: 'POST',
-      path:
-        `/v2/${target.repository}/blobs/uploads/` +
-        (mountFrom ? `?mount=${encodeURIComponent(blob.digest)}&from=${encodeURIComponent(mountFrom)}` : ''),
-      scopes: mountFrom ? [pushScope(target.repository), pullScope(mountFrom)] : [pushScope(target.repository)],
-      what: `start upload of ${what}`,
-      expect: [201, 202],
-      headers: { 'content-length': '0' },
-      body: new Uint8Array(0),
-    });
+    // Aborted once the upload ends, so a download the upload stopped reading does not linger.
+    const downloadControl = new AbortController();
+    const startDownload = () =>
+      client.send({
+        registry: source.registry,
+        method: 'GET',
+        path: `/v2/${source.repository}/blobs/${blob.digest}`,
+        scopes: [pullScope(source.repository)],
+        what: `download ${what}`,
+        expect: [200],
+        // Compressed transfer would be undone by fetch and the bytes would no longer hash to the digest.
+        headers: { 'accept-encoding': 'identity' },
+        signal: downloadControl.signal,
+      });
+    // Without a mount to try, the upload will need the source's bytes: ask for them while the
+    // upload session starts, one round trip less per blob.
+    const early = mountFrom ? undefined : startDownload();
+    early?.catch(() => {}); // awaited below; a failure while the POST is pending is not unhandled
+    const abandonDownload = async () => {
+      downloadControl.abort();
+      await early?.then(discard, () => {});
+    };
+    let start: Response;
+    try {
+      start = await client.send({
+        registry: target.registry,
+        method: 'POST',
+        path:
+          `/v2/${target.repository}/blobs/uploads/` +
+          (mountFrom ? `?mount=${encodeURIComponent(blob.digest)}&from=${encodeURIComponent(mountFrom)}` : ''),
+        scopes: mountFrom ? [pushScope(target.repository), pullScope(mountFrom)] : [pushScope(target.repository)],
+        what: `start upload of ${what}`,
+        expect: [201, 202],
+        headers: { 'content-length': '0' },
+        body: new Uint8Array(0),
+      });
+    } catch (error) {
+      await abandonDownload();
+      throw error;
+    }
     await discard(start);
     if (start.status === 201) {
+      await abandonDownload();
       known.remember(target.registry, target.repository, blob.digest);
       return 'mounted';
     }
     const location = start.headers.get('location');
-    if (!location) throw new RegistryError(`start upload of ${what}: the registry sent no upload location`, 502);
+    if (!location) {
+      await abandonDownload();
+      throw new RegistryError(`start upload of ${what}: the registry sent no upload location`, 502);
+    }
 
-    // Aborted once the upload ends, so a download the upload stopped reading does not linger.
-    const downloadControl = new AbortController();
-    const download = await client.send({
-      registry: source.registry,
-      method: 'GET',
-      path: `/v2/${source.repository}/blobs/${blob.digest}`,
-      scopes: [pullScope(source.repository)],
-      what: `download ${what}`,
-      expect: [200],
-      // Compressed transfer would be undone by fetch and the bytes would no longer hash to the digest.
-      headers: { 'accept-encoding': 'identity' },
-      signal: downloadControl.signal,
-    });
-    if (!download.body) throw new RegistryError(`download ${what}: empty response`, 502);
+    let download: Response;
+    try {
+      download = await (early ?? startDownload());
+    } catch (error) {
+      downloadControl.abort();
+      throw error;
+    }
+    if (!download.body) {
+      downloadControl.abort();
+      throw new RegistryError(`download ${what}: empty response`, 502);
+    }
     const verifier = new DigestVerifier(blob.digest, blob.size, what, onBytes);
     const verified = download.body.pipeThrough(verifier.stream);
     // The location is opaque: keep its query as sent and add the digest to it.
