@@ -57,10 +57,14 @@ export interface BlobCopierOptions {
   readonly transfers: Semaphore;
   readonly retryPolicy: RetryPolicy;
   readonly onRetry?: (info: { what: string; attempt: number; delayMs: number; error: unknown }) => void;
+  /** Bytes per PATCH for registries that need chunked uploads (default 16 MiB). */
+  readonly chunkSize?: number;
 }
 
 export class BlobCopier {
   readonly #options: BlobCopierOptions;
+  /** Registries that refused a monolithic upload: they get chunked uploads. */
+  readonly #chunked = new Set<string>();
 
   constructor(options: BlobCopierOptions) {
     this.#options = options;
@@ -171,21 +175,19 @@ export class BlobCopier {
     }
     const verifier = new DigestVerifier(blob.digest, blob.size, what, onBytes);
     const verified = download.body.pipeThrough(verifier.stream);
-    // The location is opaque: keep its query as sent and add the digest to it.
-    const separator = location.includes('?') ? '&' : '?';
     let upload: Response;
+    const inChunks = this.#chunked.has(target.registry);
     try {
-      upload = await client.send({
-        registry: target.registry,
-        method: 'PUT',
-        path: `${location}${separator}digest=${encodeURIComponent(blob.digest)}`,
-        scopes: [pushScope(target.repository)],
-        what: `upload ${what}`,
-        expect: [201, 204],
-        headers: { 'content-type': 'application/octet-stream', 'content-length': String(blob.size) },
-        body: this.#options.runtime.sizedBody(verified, blob.size),
-      });
+      upload = inChunks
+        ? await this.#uploadInChunks(target, location, blob, verified, what)
+        : await this.#uploadWhole(target, location, blob, verified, what);
     } catch (error) {
+      if (error instanceof RegistryError && error.status === 413 && !inChunks) {
+        // The registry (or a proxy in front of it) limits request bodies: from now on it gets
+        // chunks, and this blob is tried again at once.
+        this.#chunked.add(target.registry);
+        throw new RegistryError(`${error.message}; switching to chunked uploads`, 503, 'CHUNKED', 0);
+      }
       throw verifier.failure ?? error;
     } finally {
       downloadControl.abort();
@@ -193,5 +195,111 @@ export class BlobCopier {
     await discard(upload);
     known.remember(target.registry, target.repository, blob.digest);
     return 'uploaded';
+  }
+
+  /** One PUT with the whole body and its Content-Length: the way every registry takes. */
+  #uploadWhole(target: Repository, location: string, blob: Descriptor, body: ReadableStream<Uint8Array>, what: string) {
+    return this.#options.client.send({
+      registry: target.registry,
+      method: 'PUT',
+      path: withDigest(location, blob.digest),
+      scopes: [pushScope(target.repository)],
+      what: `upload ${what}`,
+      expect: [201, 204],
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(blob.size) },
+      body: this.#options.runtime.sizedBody(body, blob.size),
+    });
+  }
+
+  /**
+   * PATCHes of at most `chunkSize` bytes, each a slice of the one stream (nothing is buffered),
+   * each to the location the previous answer gave, then an empty PUT with the digest.
+   */
+  async #uploadInChunks(target: Repository, location: string, blob: Descriptor, body: ReadableStream<Uint8Array>, what: string) {
+    const { client, runtime } = this.#options;
+    const chunkSize = this.#options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    const slices = new StreamSlicer(body);
+    let next = location;
+    for (let offset = 0; offset < blob.size; offset += chunkSize) {
+      const length = Math.min(chunkSize, blob.size - offset);
+      const response = await client.send({
+        registry: target.registry,
+        method: 'PATCH',
+        path: next,
+        scopes: [pushScope(target.repository)],
+        what: `upload ${what} (bytes ${offset}-${offset + length - 1})`,
+        expect: [202, 201, 204],
+        headers: {
+          'content-type': 'application/octet-stream',
+          'content-length': String(length),
+          'content-range': `${offset}-${offset + length - 1}`,
+        },
+        body: runtime.sizedBody(slices.next(length), length),
+      });
+      await discard(response);
+      next = response.headers.get('location') ?? next;
+    }
+    // The verifier holds the last bytes back until the digest is checked: drain to its end.
+    await slices.finish();
+    return client.send({
+      registry: target.registry,
+      method: 'PUT',
+      path: withDigest(next, blob.digest),
+      scopes: [pushScope(target.repository)],
+      what: `finish upload of ${what}`,
+      expect: [201, 204],
+      headers: { 'content-length': '0' },
+      body: new Uint8Array(0),
+    });
+  }
+}
+
+/** Chunks used once a registry refuses a whole blob in one request (413). */
+const DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024;
+
+/** The upload location is opaque: keep its query as sent and add the digest to it. */
+function withDigest(location: string, digest: string): string {
+  return `${location}${location.includes('?') ? '&' : '?'}digest=${encodeURIComponent(digest)}`;
+}
+
+/** Cuts one stream into consecutive streams of given lengths, passing bytes through as they come. */
+class StreamSlicer {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #leftover: Uint8Array | undefined;
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.getReader();
+  }
+
+  next(length: number): ReadableStream<Uint8Array> {
+    let remaining = length;
+    return new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        if (remaining === 0) return controller.close();
+        let chunk = this.#leftover;
+        this.#leftover = undefined;
+        if (!chunk) {
+          const { done, value } = await this.#reader.read();
+          if (done) return controller.error(new Error(`the blob ended ${remaining} bytes early`));
+          chunk = value;
+        }
+        if (chunk.byteLength > remaining) {
+          this.#leftover = chunk.subarray(remaining);
+          chunk = chunk.subarray(0, remaining);
+        }
+        remaining -= chunk.byteLength;
+        controller.enqueue(chunk);
+        if (remaining === 0) controller.close();
+      },
+    });
+  }
+
+  /** Reads to the end, so a failed digest check surfaces here. */
+  async finish(): Promise<void> {
+    for (;;) {
+      const { done, value } = await this.#reader.read();
+      if (done) return;
+      if (value.byteLength > 0) throw new Error('the blob is longer than its size');
+    }
   }
 }

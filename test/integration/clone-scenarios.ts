@@ -232,6 +232,49 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
     });
 
+    it('switches to chunked uploads for a backup that refuses a whole blob in one request (413)', async () => {
+      const image = dockerImage(`${runtime}-chunked`, { layers: 2, layerSize: 300 * 1024 });
+      const reference = await seed('chunked/app', image);
+      const limited = await startFaultProxy(backup.url);
+      const viaLimit = await start({
+        BACKUP_REGISTRY: limited.host,
+        BACKUP_NAMESPACE: NAMESPACE,
+        BACKUP_LAYOUT: 'flat',
+        INSECURE_REGISTRIES: `${proxy.host},${limited.host}`,
+        REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [limited.host]: backup.credentials } }),
+      });
+      try {
+        // Like a proxy with a body limit: any blob PUT that carries bytes is refused.
+        const refusal = limited.addRule({
+          method: 'PUT',
+          path: /\/blobs\/uploads\//,
+          minBodyBytes: 1,
+          times: Infinity,
+          fault: { kind: 'status', status: 413, body: 'request entity too large' },
+        });
+        const response = await viaLimit.clone({ images: [reference] });
+        const [result] = response.body.results as Result[];
+        expect(result!.status, result!.error).toBe('copied');
+        // Refused once per blob that was already on its way (they upload concurrently), never
+        // again after: every blob then went up in PATCHes and an empty PUT.
+        expect(refusal.fired).toBeGreaterThanOrEqual(1);
+        expect(refusal.fired).toBeLessThanOrEqual(image.blobs.length);
+        const second = await viaLimit.clone({ images: [await seed('chunked/other', dockerImage(`${runtime}-chunked-2`))] });
+        expect(second.body.results[0].status).toBe('copied');
+        expect(refusal.fired).toBeLessThanOrEqual(image.blobs.length);
+        const patches = limited.requests.filter((r) => r.method === 'PATCH');
+        expect(patches.length).toBeGreaterThanOrEqual(image.blobs.length);
+        const targetRepository = expectedTarget(reference).repository;
+        for (const blob of image.blobs) {
+          const fetched = await fetchBlob(backupSession, targetRepository, blob.digest);
+          expect(sha256Digest(fetched.bytes)).toBe(blob.digest);
+        }
+      } finally {
+        await viaLimit.stop();
+        await limited.stop();
+      }
+    });
+
     it('shares one copy between concurrent requests for the same image', async () => {
       const image = dockerImage(`${runtime}-shared`, { layers: 4, layerSize: 256 * 1024 });
       const reference = await seed('shared/app', image);

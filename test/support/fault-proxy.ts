@@ -27,6 +27,8 @@ export interface FaultRule {
   method?: string;
   /** Tested against the request target, path and query, e.g. /\/blobs\/sha256:/ (no g flag: test() would keep state). */
   path: RegExp;
+  /** Only requests whose Content-Length is at least this (e.g. 1: uploads with a body). */
+  minBodyBytes?: number;
   /** Fires for the next `times` matching requests (default 1; Infinity for all). */
   times?: number;
   fault: Fault;
@@ -120,6 +122,8 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
     for (const active of rules) {
       const { method, path, fault: candidate } = active.rule;
       if (active.remaining <= 0 || (method && method !== req.method) || !path.test(req.url ?? '')) continue;
+      if (active.rule.minBodyBytes !== undefined && Number(req.headers['content-length'] ?? 0) < active.rule.minBodyBytes)
+        continue;
       if (candidate.kind !== 'delay' && fault) continue; // one terminal fault per request
       active.remaining--;
       active.fired++;
