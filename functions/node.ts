@@ -167,9 +167,10 @@ export function startFunction(env: NodeJS.ProcessEnv = process.env) {
 
   const shutdown = async (signal: string) => {
     logger.info({ signal, jobs: jobs?.running.size ?? 0 }, 'shutting down');
-    server.close();
-    // Jobs in flight finish (their callbacks too) unless the platform kills us first.
-    await Promise.allSettled([...(jobs?.running ?? [])]);
+    // No new requests; those in flight (synchronous copies, NDJSON streams) and callback jobs
+    // finish, unless the platform's grace period ends first.
+    const requestsDone = new Promise<void>((resolve) => server.close(() => resolve()));
+    await Promise.allSettled([requestsDone, ...(jobs?.running ?? [])]);
     process.exit(0);
   };
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
