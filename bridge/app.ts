@@ -13,6 +13,7 @@ import { EventRecorder } from './events.ts';
 import { createHttpApp } from './http.ts';
 import { ImageLedger, type ImageLedgerOptions } from './image-ledger.ts';
 import { ResultIntake } from './intake.ts';
+import { reuseConnections } from './kube-connections.ts';
 import { loadKubeConfig, workloadApis, type WorkloadApi } from './kube.ts';
 import { LeaderElector, type LeaderElectionOptions } from './leader-election.ts';
 import { bridgeMetrics, type BridgeMetrics } from './metrics.ts';
@@ -55,7 +56,8 @@ export function createLogger(level: BridgeConfig['logLevel']): Logger {
 export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   const { config } = options;
   const logger = options.logger ?? createLogger(config.logLevel);
-  const kubeConfig = options.kubeConfig ?? loadKubeConfig(config.kubeconfig);
+  // Every API call of the bridge (lists, watches, patches, events, the lease) on one pool.
+  const kubeConfig = reuseConnections(options.kubeConfig ?? loadKubeConfig(config.kubeconfig));
   const apis = (options.workloadApis ?? ((real) => real))(workloadApis(kubeConfig));
   const metrics = bridgeMetrics();
   const ledger = new ImageLedger(options.tuning?.ledger);

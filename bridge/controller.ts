@@ -49,7 +49,8 @@ export class Controller {
         metrics,
         onChange: (workload: Workload) => {
           const key = keyOf(kind, workload);
-          if (key !== undefined) this.queue.add(key);
+          // Ahead of resyncs and follow-ups: a change reaches the function even while workers patch.
+          if (key !== undefined) this.queue.add(key, { urgent: true });
         },
       });
     this.informers = { Deployment: informer('Deployment'), DaemonSet: informer('DaemonSet') };

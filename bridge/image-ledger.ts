@@ -23,7 +23,8 @@ interface Entry {
   backup?: { target: string; digest: string; at: number };
   inFlightUntil?: number;
   failure?: { failures: number; retryAt: number; error: string };
-  waiters: Set<string>;
+  /** Created when a workload first waits, dropped when they are released: most entries have none. */
+  waiters?: Set<string>;
 }
 
 export class ImageLedger {
@@ -69,7 +70,8 @@ export class ImageLedger {
 
   /** `key` wants to hear when `source` is settled. */
   wait(source: string, key: string): void {
-    this.#entry(source).waiters.add(key);
+    const entry = this.#entry(source);
+    (entry.waiters ??= new Set()).add(key);
   }
 
   /** Records a verified backup; returns the workloads that waited for it. */
@@ -100,7 +102,7 @@ export class ImageLedger {
         (entry.inFlightUntil !== undefined && entry.inFlightUntil > now) ||
         (entry.backup !== undefined && entry.backup.at + this.#backupTtlMs > now) ||
         (entry.failure !== undefined && entry.failure.retryAt > now);
-      if (!live && entry.waiters.size === 0) this.#entries.delete(source);
+      if (!live && entry.waiters === undefined) this.#entries.delete(source);
     }
   }
 
@@ -111,15 +113,15 @@ export class ImageLedger {
   #entry(source: string): Entry {
     let entry = this.#entries.get(source);
     if (entry === undefined) {
-      entry = { waiters: new Set() };
+      entry = {};
       this.#entries.set(source, entry);
     }
     return entry;
   }
 
   #release(entry: Entry): string[] {
-    const waiters = [...entry.waiters];
-    entry.waiters.clear();
+    const waiters = [...(entry.waiters ?? [])];
+    entry.waiters = undefined;
     return waiters;
   }
 }

@@ -4,17 +4,11 @@
 // "error" and stops for good. This wrapper restarts it with backoff, and a watchdog replaces an
 // informer that shows no sign of life for too long.
 
-import {
-  makeInformer,
-  type Informer,
-  type KubeConfig,
-  type KubernetesObject,
-  type ListPromise,
-  type ObjectCache,
-} from '@kubernetes/client-node';
+import type { Informer, KubeConfig, KubernetesObject, makeInformer, ObjectCache } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { describeError, statusCode, type WorkloadApi } from './kube.ts';
 import type { BridgeMetrics } from './metrics.ts';
+import { LIST_PAGE_SIZE, listInPages, makeSlimInformer } from './workload-cache.ts';
 import type { Workload, WorkloadKind } from './workload.ts';
 
 export type ChangeType = 'add' | 'update' | 'delete';
@@ -32,7 +26,10 @@ export interface WorkloadInformerOptions {
   readonly watchdogMs?: number;
   readonly restartBaseMs?: number;
   readonly restartMaxMs?: number;
-  /** client-node's makeInformer; replaceable so tests can stage failures. */
+  /**
+   * Builds the informer: by default one whose cache holds projected workloads (workload-cache.ts),
+   * with client-node's makeInformer contract; replaceable so tests can stage failures.
+   */
   readonly makeInformer?: typeof makeInformer;
 }
 
@@ -109,8 +106,10 @@ export class WorkloadInformer {
   #create(): CachedInformer {
     const { api, kubeConfig } = this.#options;
     const generation = ++this.#generation;
-    const make = this.#options.makeInformer ?? makeInformer;
-    const informer = make<KubernetesObject>(kubeConfig, api.watchPath, api.list as ListPromise<KubernetesObject>);
+    const make = this.#options.makeInformer ?? makeSlimInformer;
+    const informer = make<KubernetesObject>(kubeConfig, api.watchPath, () =>
+      listInPages((token) => api.list({ limit: LIST_PAGE_SIZE, ...(token !== undefined && { continue: token }) })),
+    );
     const current = () => generation === this.#generation && !this.#stopped;
     const forward = (change: ChangeType) => (object: KubernetesObject) => {
       if (!current()) return;

@@ -3,19 +3,18 @@
 
 import {
   ApiException,
-  AppsV1Api,
+  HttpMethod,
   KubeConfig,
   Observable,
-  PatchStrategy,
-  setHeaderOptions,
+  RequestContext,
   type ConfigurationOptions,
   type KubernetesListObject,
   type KubernetesObject,
   type ObservableMiddleware,
-  type RequestContext,
   type ResponseContext,
 } from '@kubernetes/client-node';
 import { delimiter } from 'node:path';
+import { request } from 'undici';
 import type { JsonPatchOperation } from './patch.ts';
 import type { Workload, WorkloadKind } from './workload.ts';
 
@@ -55,35 +54,108 @@ export interface WorkloadApi {
   readonly kind: WorkloadKind;
   /** The collection across all namespaces, as the informer watches it. */
   readonly watchPath: string;
-  list(): Promise<KubernetesListObject<KubernetesObject>>;
+  /** Without a limit, the whole collection in one answer; with one, a page (next: metadata._continue). */
+  list(page?: ListPageOptions): Promise<KubernetesListObject<KubernetesObject>>;
   /** The object as stored now, or undefined when it does not exist. */
   read(namespace: string, name: string): Promise<Workload | undefined>;
   patch(namespace: string, name: string, operations: readonly JsonPatchOperation[]): Promise<Workload>;
 }
 
+export interface ListPageOptions {
+  readonly limit?: number;
+  readonly continue?: string;
+}
+
 export const API_TIMEOUT_MS = 60_000;
 
+export interface KubeRequest {
+  readonly method: 'GET' | 'POST' | 'PATCH';
+  /** Path and query, e.g. /apis/apps/v1/deployments?limit=500. */
+  readonly path: string;
+  readonly body?: unknown;
+  /** Of the body; default application/json. */
+  readonly contentType?: string;
+  readonly timeoutMs: number;
+}
+
+const HTTP_METHODS = { GET: HttpMethod.GET, POST: HttpMethod.POST, PATCH: HttpMethod.PATCH } as const;
+
+/**
+ * One call to the API server with the kubeconfig's credentials and connection, answered as plain
+ * JSON. The generated client deserialises every answer into model classes (and serialises every
+ * body from them), which costs more CPU and garbage than the call itself when the bridge patches
+ * thousands of workloads and reads a handful of fields. A refusal throws client-node's
+ * ApiException, as the generated client does, so statusCode() and describeError() apply.
+ */
+export async function kubeJson<T>(config: KubeConfig, call: KubeRequest): Promise<T> {
+  const cluster = config.getCurrentCluster();
+  if (cluster === null) throw new Error('the kubeconfig has no current cluster');
+  const url = `${cluster.server.replace(/\/+$/, '')}${call.path}`;
+  const context = new RequestContext(url, HTTP_METHODS[call.method]);
+  await config.applySecurityAuthentication(context);
+  const response = await request(url, {
+    method: call.method,
+    headers: {
+      ...context.getHeaders(),
+      accept: 'application/json',
+      ...(call.body !== undefined && { 'content-type': call.contentType ?? 'application/json' }),
+    },
+    ...(call.body !== undefined && { body: JSON.stringify(call.body) }),
+    ...(context.getDispatcher() !== undefined && { dispatcher: context.getDispatcher() }),
+    signal: AbortSignal.timeout(call.timeoutMs),
+  });
+  const text = await response.body.text();
+  if (response.statusCode < 200 || response.statusCode > 299) {
+    let body: unknown = text;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      // not a Status: keep the text
+    }
+    throw new ApiException(response.statusCode, `HTTP ${response.statusCode}`, body, response.headers as Record<string, string>);
+  }
+  return JSON.parse(text) as T;
+}
+
+interface RawList {
+  metadata?: { resourceVersion?: string; continue?: string };
+  items?: KubernetesObject[];
+}
+
 export function workloadApis(config: KubeConfig, timeoutMs = API_TIMEOUT_MS): Record<WorkloadKind, WorkloadApi> {
-  const apps = config.makeApiClient(AppsV1Api);
-  const jsonPatch = () => setHeaderOptions('Content-Type', PatchStrategy.JsonPatch, timeoutOptions(timeoutMs));
-  return {
-    Deployment: {
-      kind: 'Deployment',
-      watchPath: '/apis/apps/v1/deployments',
-      list: () => apps.listDeploymentForAllNamespaces({}, timeoutOptions(timeoutMs)),
-      read: (namespace, name) =>
-        notFoundAsUndefined(apps.readNamespacedDeployment({ namespace, name }, timeoutOptions(timeoutMs))),
-      patch: (namespace, name, operations) => apps.patchNamespacedDeployment({ namespace, name, body: operations }, jsonPatch()),
+  const api = (kind: WorkloadKind, plural: string): WorkloadApi => ({
+    kind,
+    watchPath: `/apis/apps/v1/${plural}`,
+    list: async (page = {}) => {
+      const query = new URLSearchParams();
+      if (page.limit !== undefined) query.set('limit', String(page.limit));
+      if (page.continue !== undefined) query.set('continue', page.continue);
+      const suffix = query.size > 0 ? `?${query}` : '';
+      const list = await kubeJson<RawList>(config, { method: 'GET', path: `/apis/apps/v1/${plural}${suffix}`, timeoutMs });
+      return {
+        metadata: {
+          ...(list.metadata?.resourceVersion !== undefined && { resourceVersion: list.metadata.resourceVersion }),
+          ...(list.metadata?.continue && { _continue: list.metadata.continue }),
+        },
+        items: list.items ?? [],
+      };
     },
-    DaemonSet: {
-      kind: 'DaemonSet',
-      watchPath: '/apis/apps/v1/daemonsets',
-      list: () => apps.listDaemonSetForAllNamespaces({}, timeoutOptions(timeoutMs)),
-      read: (namespace, name) =>
-        notFoundAsUndefined(apps.readNamespacedDaemonSet({ namespace, name }, timeoutOptions(timeoutMs))),
-      patch: (namespace, name, operations) => apps.patchNamespacedDaemonSet({ namespace, name, body: operations }, jsonPatch()),
-    },
-  };
+    read: (namespace, name) =>
+      notFoundAsUndefined(kubeJson<Workload>(config, { method: 'GET', path: objectPath(plural, namespace, name), timeoutMs })),
+    patch: (namespace, name, operations) =>
+      kubeJson<Workload>(config, {
+        method: 'PATCH',
+        path: objectPath(plural, namespace, name),
+        body: operations,
+        contentType: 'application/json-patch+json',
+        timeoutMs,
+      }),
+  });
+  return { Deployment: api('Deployment', 'deployments'), DaemonSet: api('DaemonSet', 'daemonsets') };
+}
+
+function objectPath(plural: string, namespace: string, name: string): string {
+  return `/apis/apps/v1/namespaces/${encodeURIComponent(namespace)}/${plural}/${encodeURIComponent(name)}`;
 }
 
 async function notFoundAsUndefined<T>(request: Promise<T>): Promise<T | undefined> {

@@ -2,6 +2,10 @@
 // a key is never handed to two workers at once (one added while being processed runs again right
 // after), failures come back with exponential backoff and jitter, and a handler can ask to see a
 // key again after a delay. Time is injected so tests run without sleeping.
+//
+// Keys added as urgent go to workers before the others. The controller adds the keys of watch
+// events that way: a change then reaches the function within the time of one reconcile even
+// while every other worker waits on a slow API server and thousands of keys of a resync wait.
 
 export interface Scheduler {
   now(): number;
@@ -56,11 +60,12 @@ export class WorkQueue {
   readonly #onError: WorkQueueOptions['onError'];
   readonly #onComplete: WorkQueueOptions['onComplete'];
 
-  /** Keys waiting for a worker; a Set is both the dedupe and the FIFO. */
+  /** Keys waiting for a worker; a Set is both the dedupe and the FIFO. Urgent ones go first. */
+  readonly #urgent = new Set<string>();
   readonly #ready = new Set<string>();
   readonly #processing = new Set<string>();
-  /** Keys added while being processed: they go back to #ready when their run ends. */
-  readonly #again = new Set<string>();
+  /** Keys added while being processed (value: urgent): they wait again when their run ends. */
+  readonly #again = new Map<string, boolean>();
   readonly #delayed = new Map<string, Delayed>();
   readonly #failures = new Map<string, number>();
   readonly #runs = new Set<Promise<void>>();
@@ -88,10 +93,12 @@ export class WorkQueue {
     this.#pump();
   }
 
-  add(key: string): void {
+  /** Adds the key (once); an urgent one goes to a worker before the keys that are not. */
+  add(key: string, options: { readonly urgent?: boolean } = {}): void {
     if (this.#stopped) return;
-    if (this.#processing.has(key)) this.#again.add(key);
-    else this.#ready.add(key);
+    const urgent = options.urgent === true;
+    if (this.#processing.has(key)) this.#again.set(key, urgent || this.#again.get(key) === true);
+    else this.#wait(key, urgent);
     this.#pump();
   }
 
@@ -141,7 +148,7 @@ export class WorkQueue {
 
   /** Keys waiting for a worker. */
   get depth(): number {
-    return this.#ready.size + this.#again.size;
+    return this.#urgent.size + this.#ready.size + this.#again.size;
   }
 
   get processing(): number {
@@ -153,7 +160,7 @@ export class WorkQueue {
   }
 
   has(key: string): boolean {
-    return this.#ready.has(key) || this.#again.has(key) || this.#delayed.has(key);
+    return this.#urgent.has(key) || this.#ready.has(key) || this.#again.has(key) || this.#delayed.has(key);
   }
 
   /** Resolves once no key is waiting or being processed (delayed keys do not count). */
@@ -168,16 +175,28 @@ export class WorkQueue {
     this.#running = false;
     for (const pending of this.#delayed.values()) this.#scheduler.clearTimeout(pending.handle);
     this.#delayed.clear();
+    this.#urgent.clear();
     this.#ready.clear();
     this.#again.clear();
     await Promise.all([...this.#runs]);
     this.#notifyIdle();
   }
 
-  #pump(): void {
-    while (this.#running && this.#processing.size < this.#concurrency && this.#ready.size > 0) {
-      const key = this.#ready.values().next().value as string;
+  #wait(key: string, urgent: boolean): void {
+    if (this.#urgent.has(key)) return;
+    if (urgent) {
       this.#ready.delete(key);
+      this.#urgent.add(key);
+    } else {
+      this.#ready.add(key);
+    }
+  }
+
+  #pump(): void {
+    while (this.#running && this.#processing.size < this.#concurrency && this.#urgent.size + this.#ready.size > 0) {
+      const lane = this.#urgent.size > 0 ? this.#urgent : this.#ready;
+      const key = lane.values().next().value as string;
+      lane.delete(key);
       this.#processing.add(key);
       const run = this.#run(key);
       this.#runs.add(run);
@@ -206,7 +225,9 @@ export class WorkQueue {
       this.#onError?.(key, error, retryIn);
     }
     this.#processing.delete(key);
-    if (this.#again.delete(key) && !this.#stopped) this.#ready.add(key);
+    const again = this.#again.get(key);
+    this.#again.delete(key);
+    if (again !== undefined && !this.#stopped) this.#wait(key, again);
     this.#onComplete?.(key, completion, this.#scheduler.now() - started);
     this.#pump();
   }
@@ -219,7 +240,7 @@ export class WorkQueue {
   }
 
   #isIdle(): boolean {
-    return this.#processing.size === 0 && (this.#ready.size === 0 || !this.#running);
+    return this.#processing.size === 0 && (this.#urgent.size + this.#ready.size === 0 || !this.#running);
   }
 
   #notifyIdle(): void {

@@ -158,6 +158,38 @@ describe('work queue: deduplication and ordering', () => {
     await handler.finish('e');
     expect(handler.maxConcurrent).toBe(2);
   });
+  it('hands urgent keys to workers before the waiting ones, and promotes a waiting key made urgent', async () => {
+    const { handler, queue } = setup({ concurrency: 1 });
+    queue.start();
+    queue.add('busy');
+    await settle();
+    for (const key of ['resync-1', 'resync-2', 'resync-3']) queue.add(key);
+    queue.add('change', { urgent: true });
+    queue.add('resync-3', { urgent: true });
+    queue.add('change'); // a later plain add does not demote it
+    expect(queue.depth).toBe(4);
+    await handler.finish('busy');
+    await handler.finish('change');
+    await handler.finish('resync-3');
+    await handler.finish('resync-1');
+    await handler.finish('resync-2');
+    expect(handler.started).toEqual(['busy', 'change', 'resync-3', 'resync-1', 'resync-2']);
+    expect(queue.depth).toBe(0);
+  });
+
+  it('keeps the urgency of a key added while it runs for its next run', async () => {
+    const { handler, queue } = setup({ concurrency: 1 });
+    queue.start();
+    queue.add('a');
+    await settle();
+    queue.add('b');
+    queue.add('a', { urgent: true });
+    await handler.finish('a');
+    expect(handler.started).toEqual(['a', 'a']);
+    await handler.finish('a');
+    await handler.finish('b');
+    expect(handler.started).toEqual(['a', 'a', 'b']);
+  });
 });
 
 describe('work queue: failures and backoff', () => {

@@ -1,0 +1,112 @@
+import { KubeConfig } from '@kubernetes/client-node';
+import { once } from 'node:events';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { EventRecorder } from '../../bridge/events.ts';
+
+/** A stand-in API server for events that answers only when told to, so writes can be held open. */
+async function eventsServer() {
+  const held: { request: IncomingMessage; body: Record<string, unknown>; response: ServerResponse }[] = [];
+  let open = 0;
+  let maxOpen = 0;
+  const server = createServer((request, response) => {
+    let text = '';
+    request.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    request.on('end', () => {
+      open++;
+      maxOpen = Math.max(maxOpen, open);
+      held.push({ request, body: JSON.parse(text) as Record<string, unknown>, response });
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const kubeConfig = new KubeConfig();
+  // client-node refuses a plain-http server unless TLS verification is (meaninglessly) off.
+  kubeConfig.loadFromOptions({
+    clusters: [{ name: 'c', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+    users: [{ name: 'u', token: 'not-a-secret' }],
+    contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
+    currentContext: 'x',
+  });
+  return {
+    kubeConfig,
+    held,
+    get maxOpen() {
+      return maxOpen;
+    },
+    /** Answers every held write 201 with its own body. */
+    answerAll() {
+      for (const write of held.splice(0)) {
+        open--;
+        write.response.writeHead(201, { 'content-type': 'application/json' }).end(JSON.stringify(write.body));
+      }
+    },
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Waits (up to 5 s) for the writes in flight to reach the server. */
+async function until(condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (!condition() && Date.now() < deadline) await sleep(10);
+  await sleep(20); // and a moment more, so that a write beyond the bound would show
+}
+const servers: Awaited<ReturnType<typeof eventsServer>>[] = [];
+afterEach(async () => {
+  for (const server of servers.splice(0)) {
+    server.answerAll();
+    await server.close();
+  }
+});
+
+describe('EventRecorder', () => {
+  it('writes a few events at a time, queues a bounded number and drops the rest', async () => {
+    const server = await eventsServer();
+    servers.push(server);
+    const recorder = new EventRecorder({
+      kubeConfig: server.kubeConfig,
+      logger: pino({ level: 'silent' }),
+      instance: 'bridge-0',
+      maxConcurrentWrites: 2,
+      maxQueued: 3,
+    });
+    for (let index = 0; index < 8; index++) {
+      recorder.record({ kind: 'Deployment', namespace: 'shop', name: `web-${index}` }, 'Normal', 'BackedUp', 'images backed up');
+    }
+    await until(() => server.held.length >= 2);
+    expect(server.held.map((write) => (write.body.involvedObject as { name: string }).name)).toEqual(['web-0', 'web-1']);
+    expect(recorder.dropped).toBe(3);
+    for (let answered = 0; answered < 5; answered += 2) {
+      await until(() => server.held.length >= Math.min(2, 5 - answered));
+      server.answerAll();
+    }
+    await recorder.flush();
+    expect(server.maxOpen).toBe(2);
+    expect(recorder.dropped).toBe(3);
+  });
+
+  it('counts a repeat on the existing Event instead of creating another', async () => {
+    const server = await eventsServer();
+    servers.push(server);
+    const recorder = new EventRecorder({
+      kubeConfig: server.kubeConfig,
+      logger: pino({ level: 'silent' }),
+      instance: 'bridge-0',
+    });
+    const object = { kind: 'DaemonSet' as const, namespace: 'ops', name: 'agent', uid: 'u-1' };
+    recorder.record(object, 'Warning', 'BackupFailed', 'registry unreachable');
+    await until(() => server.held.length === 1);
+    server.answerAll();
+    await recorder.flush();
+    recorder.record(object, 'Warning', 'BackupFailed', 'registry unreachable');
+    await until(() => server.held.length === 1);
+    const [repeat] = server.held;
+    expect(repeat?.request.method).toBe('PATCH');
+    expect(repeat?.request.headers['content-type']).toBe('application/merge-patch+json');
+    expect(repeat?.body).toMatchObject({ count: 2 });
+    expect(repeat?.request.url).toMatch(/^\/api\/v1\/namespaces\/ops\/events\/agent\.[0-9a-f]{16}$/);
+  });
+});
