@@ -3,17 +3,19 @@
 #   node dist/bridge/main.js      the bridge
 # Build: docker build -t image-clone-controller .
 
-# --- build: compile TypeScript to dist/ -------------------------------------------------------
+# --- build: TypeScript to dist/ --------------------------------------------------------------
 FROM node:24-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
-# Optional dependencies are the Node binary the repository brings for development machines;
-# the image has its own Node.
-RUN npm ci --omit=optional --ignore-scripts --no-audit --no-fund
+# With optional dependencies: esbuild's binary is one (the Node binary the repository brings for
+# development machines is another, unused here).
+RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/bundle-bridge.ts ./scripts/
 COPY functions ./functions
 COPY bridge ./bridge
-RUN npx tsc -p tsconfig.build.json
+# The function compiled module by module; the bridge bundled into one file (scripts/bundle-bridge.ts).
+RUN npm run build
 
 # --- production dependencies only -----------------------------------------------------------
 FROM node:24-bookworm-slim AS deps

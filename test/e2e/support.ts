@@ -9,7 +9,8 @@
 // - a Docker-Hub-like backup registry: token auth, the flat layout;
 // - the clone function (`node functions/node.ts`) configured from the applied ConfigMap and
 //   Secrets, behind a fixed address (a stand-in for its Service) so it can go down and come back;
-// - bridges (`node bridge/main.ts`) with the ServiceAccount's own token, so k8s/rbac is what is
+// - bridges (the bundle the container runs, scripts/bundle-bridge.ts) with the ServiceAccount's
+//   own token, so k8s/rbac is what is
 //   exercised, and a stand-in for the bridge's Service that sends callbacks to the ready replica
 //   (the lease holder), as the Service in cloner-deployment.yml does.
 //
@@ -24,6 +25,7 @@ import { createConnection, createServer as createTcpServer, type AddressInfo, ty
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { backupLocation, backupReference, type BackupLocation } from '../../functions/naming.ts';
+import { bundleBridge } from '../../scripts/bundle-bridge.ts';
 import { formatReference, parseReference } from '../../functions/reference.ts';
 import { startNodeFunction, type CloneFunction } from '../support/clone-function.ts';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
@@ -136,12 +138,13 @@ export interface BridgeProcess {
 
 async function startBridgeProcess(
   name: string,
+  entry: string,
   env: Record<string, string>,
   onLine: (line: LogLine) => void,
 ): Promise<BridgeProcess> {
   const port = Number(env.PORT);
   const command = PDEATHSIG.length > 0 ? 'setpriv' : process.execPath;
-  const args = [...(PDEATHSIG.length > 0 ? [...PDEATHSIG, process.execPath] : []), 'bridge/main.ts'];
+  const args = [...(PDEATHSIG.length > 0 ? [...PDEATHSIG, process.execPath] : []), entry];
   const child = spawn(command, args, {
     cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
@@ -514,6 +517,8 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
     };
     const sharedSecrets = await secretData('image-cloner-secrets');
     const registryAuthFile = join(cluster.dir, 'registry-auth.json');
+    // The bridge as the container runs it: one bundled file.
+    const bridgeEntry = await bundleBridge(join(cluster.dir, 'bridge.mjs'));
     await writeFile(registryAuthFile, (await secretData('docker-cred-secret'))['.dockerconfigjson']!, { mode: 0o600 });
     const serviceAccountKubeconfig = await cluster.serviceAccountKubeconfig(CONTROLLER_NAMESPACE, SERVICE_ACCOUNT);
 
@@ -562,8 +567,8 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
         KUBECONFIG: serviceAccountKubeconfig,
         LEADER_ELECTION: 'true',
       };
-      log(`starting bridge ${name} (node bridge/main.ts, ${env.CALLBACK_URL ? 'callback' : 'synchronous'} mode)`);
-      const bridge = await startBridgeProcess(name, env, (line) => logs.push(line));
+      log(`starting bridge ${name} (its bundle, ${env.CALLBACK_URL ? 'callback' : 'synchronous'} mode)`);
+      const bridge = await startBridgeProcess(name, bridgeEntry, env, (line) => logs.push(line));
       bridges.push(bridge);
       if (stopped) {
         await bridge.stop();

@@ -3,12 +3,13 @@
 // manifests name, and that the build output runs with production dependencies only.
 
 import { execFile, spawn } from 'node:child_process';
-import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bundleBridge } from '../../scripts/bundle-bridge.ts';
 import { PROJECT_ROOT } from '../support/clone-function.ts';
 import { dockerImage, pushImage } from '../support/images.ts';
 import { freePort } from '../support/ports.ts';
@@ -23,7 +24,7 @@ describe('container image', () => {
   beforeAll(async () => {
     dockerfile = await readFile(join(PROJECT_ROOT, 'Dockerfile'), 'utf8');
     dir = await mkdtemp(join(tmpdir(), 'image-build-'));
-    // What the Dockerfile's build stage does, into a scratch folder.
+    // What the Dockerfile's build stage does (npm run build), into a scratch folder.
     await run(
       process.execPath,
       [join(PROJECT_ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--outDir', join(dir, 'dist')],
@@ -31,6 +32,7 @@ describe('container image', () => {
         cwd: PROJECT_ROOT,
       },
     );
+    await bundleBridge(join(dir, 'dist/bridge/main.js'));
     // What its deps stage does: production dependencies only.
     await cp(join(PROJECT_ROOT, 'package.json'), join(dir, 'package.json'));
     await cp(join(PROJECT_ROOT, 'package-lock.json'), join(dir, 'package-lock.json'));
@@ -118,12 +120,19 @@ describe('container image', () => {
     }
   });
 
-  it('loads the bridge from the build output (and refuses to start without configuration)', async () => {
-    const result = await run(process.execPath, ['dist/bridge/main.js'], {
-      cwd: dir,
-      env: { PATH: process.env.PATH ?? '' },
-    }).catch((error) => error);
-    expect(result.code).toBe(2);
-    expect(result.stderr).toMatch(/FUNCTION_URL/);
+  it('loads the bridge from its bundle, which needs no node_modules (and refuses to start without configuration)', async () => {
+    const alone = await mkdtemp(join(tmpdir(), 'bridge-bundle-'));
+    try {
+      await cp(join(dir, 'dist/bridge/main.js'), join(alone, 'main.js'));
+      await writeFile(join(alone, 'package.json'), '{"type":"module"}');
+      const result = await run(process.execPath, ['main.js'], {
+        cwd: alone,
+        env: { PATH: process.env.PATH ?? '' },
+      }).catch((error) => error);
+      expect(result.stderr).toMatch(/FUNCTION_URL/);
+      expect(result.code).toBe(2);
+    } finally {
+      await rm(alone, { recursive: true, force: true });
+    }
   });
 });
