@@ -1,0 +1,749 @@
+// Scale benchmark of the bridge (issue 4, "Scale"): a real kube-apiserver + etcd holding 10,000
+// Deployments that carry the project's finalizer, the bridge started as its own process
+// (the bundle the container runs, its ServiceAccount's token from k8s/rbac, leader election on), and a
+// stand-in clone function in this process. Measures
+//   1. start → all Deployments reconciled (images pointed at backups, finalizer gone, as the API
+//      server reports through a watch of the benchmark's own, then checked in a fresh list),
+//   2. the bridge's peak RSS (VmHWM from /proc/<pid>/status),
+//   3. under N changes per second (a Deployment's image set to a new one): the delay from the
+//      moment the change's API call returns to the function receiving a request for that image.
+// Goals: peak RSS < 200 MiB, p99 change → request < 1 s. Results and their reading: docs/scale.md.
+//
+//   npm run bench:bridge                             # 10,000 Deployments, 100 changes/s for 60 s
+//   npm run bench:bridge -- --source                 # bridge/main.ts as `npm run bridge` runs it
+//   npm run bench:bridge -- --deployments 2000 --duration 20 --json /tmp/result.json
+//
+// Options: --deployments N (10000), --namespaces N (5), --rate changes/s (100), --duration s (60),
+// --mode callback|synchronous (callback, the mode k8s/setup deploys), --workers N (the bridge's
+// WORKERS; default: its own default), --memory-limit MiB (256, the pod's limit in
+// k8s/setup/cloner-deployment.yml: the V8 heap Node derives from it; 0: this host's defaults),
+// --source (run bridge/main.ts instead of the bundle the image runs), --entry FILE (run another
+// build, e.g. a bundle), --bridge-env KEY=VALUE (repeatable), --skip-calibration, --json FILE.
+
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { FINALIZER } from '../bridge/workload.ts';
+import { backupLocation } from '../functions/naming.ts';
+import { formatReference, parseReference } from '../functions/reference.ts';
+import { startKubeCluster, type KubeCluster } from '../test/support/kube-cluster.ts';
+import { freePort } from '../test/support/ports.ts';
+import { inParallel, KubeApi } from './bridge-kube-api.ts';
+import { buildBridge, cpuSecondsOf, findProcesses, spawnBridge, type BridgeProcess } from './bridge-process.ts';
+import { backupOf, startStandIn, type StandIn } from './bridge-stand-in.ts';
+import { imagesOf, ReconcileTracker } from './bridge-tracker.ts';
+
+const repoRoot = fileURLToPath(new URL('../', import.meta.url));
+const MiB = 1024 * 1024;
+const CONTROLLER_NAMESPACE = 'image-clone-controller';
+const backup = backupLocation('registry.example.com', 'backup');
+const BACKUP_PREFIX = `${backup.registry}/${backup.namespace}/`;
+
+const { values: args } = parseArgs({
+  options: {
+    deployments: { type: 'string', default: '10000' },
+    namespaces: { type: 'string', default: '5' },
+    rate: { type: 'string', default: '100' },
+    duration: { type: 'string', default: '60' },
+    mode: { type: 'string', default: 'callback' },
+    workers: { type: 'string' },
+    'bridge-env': { type: 'string', multiple: true, default: [] },
+    'create-concurrency': { type: 'string', default: '48' },
+    'skip-calibration': { type: 'boolean', default: false },
+    source: { type: 'boolean', default: false },
+    entry: { type: 'string' },
+    'memory-limit': { type: 'string', default: '256' },
+    json: { type: 'string' },
+  },
+});
+const positive = (name: string, value: string) => {
+  const number = Number(value);
+  if (!Number.isFinite(number) || number <= 0) throw new Error(`--${name} must be a positive number`);
+  return number;
+};
+const DEPLOYMENTS = Math.floor(positive('deployments', args.deployments));
+const NAMESPACES = Math.floor(positive('namespaces', args.namespaces));
+const RATE = positive('rate', args.rate);
+const DURATION_S = positive('duration', args.duration);
+const CREATE_CONCURRENCY = Math.floor(positive('create-concurrency', args['create-concurrency']));
+if (args.mode !== 'callback' && args.mode !== 'synchronous') throw new Error('--mode must be callback or synchronous');
+const MODE = args.mode;
+
+/**
+ * The V8 heap limits Node derives inside a container whose memory limit is `limitMiB` (it sizes the
+ * heap from the cgroup limit, V8's Heap::HeapSizeFromPhysicalMemory): old generation half the
+ * limit, semi-spaces of 1 MiB up to 512 MiB. Outside the pod this host's RAM (GiBs) would make
+ * V8 size the young generation alone at 100+ MiB; the benchmark gives the bridge the pod's.
+ * 0 keeps this host's defaults.
+ */
+function heapFlagsFor(limitMiB: number): string[] {
+  if (limitMiB === 0) return [];
+  const oldGeneration = Math.floor(limitMiB / 2);
+  const semiSpace = Math.max(1, Math.floor(oldGeneration / 256));
+  return [`--max-old-space-size=${oldGeneration}`, `--max-semi-space-size=${semiSpace}`];
+}
+const MEMORY_LIMIT_MIB = Number(args['memory-limit']);
+if (!Number.isInteger(MEMORY_LIMIT_MIB) || MEMORY_LIMIT_MIB < 0) throw new Error('--memory-limit must be MiB (0: host defaults)');
+
+/**
+ * The process tuning the bridge's container gets in k8s/setup/cloner-deployment.yml (MALLOC_ARENA_MAX),
+ * read from the manifest so that the benchmark measures what is deployed.
+ */
+function processTuningFromManifest(): Record<string, string> {
+  const manifest = readFileSync(join(repoRoot, 'k8s/setup/cloner-deployment.yml'), 'utf8');
+  const bridge = manifest.slice(manifest.indexOf('- name: bridge'), manifest.indexOf('- name: function'));
+  const value = /- name: MALLOC_ARENA_MAX\s+value: "(\d+)"/.exec(bridge)?.[1];
+  return value === undefined ? {} : { MALLOC_ARENA_MAX: value };
+}
+
+const log = (message: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const normalise = (image: string) => formatReference(parseReference(image));
+
+// --- the workload -------------------------------------------------------------------------------
+
+interface Target {
+  readonly namespace: string;
+  readonly name: string;
+  readonly index: number;
+}
+
+const targets: Target[] = Array.from({ length: DEPLOYMENTS }, (_, index) => ({
+  namespace: `bench-${index % NAMESPACES}`,
+  name: `app-${index}`,
+  index,
+}));
+const keyOf = (target: Target) => `${target.namespace}/${target.name}`;
+const appImage = (target: Target, tag: string) => `bench.example.com/${target.namespace}/app-${target.index}:${tag}`;
+/** Every other Deployment has a sidecar from a small shared set: one copy serves many workloads. */
+const sidecarImage = (target: Target) => (target.index % 2 === 1 ? `ghcr.io/bench/sidecar-${target.index % 20}:1.0` : undefined);
+
+/**
+ * A Deployment the size of a typical one: labels, resources, env, probes, and the last-applied
+ * annotation `kubectl apply` adds (about 4 KiB as the API server serves it, managedFields included).
+ */
+function deploymentManifest(target: Target): Record<string, unknown> {
+  const labels = { app: target.name, team: `team-${target.index % 50}`, tier: 'backend' };
+  const resources = { requests: { cpu: '100m', memory: '128Mi' }, limits: { cpu: '500m', memory: '256Mi' } };
+  const containers: Record<string, unknown>[] = [
+    {
+      name: 'app',
+      image: appImage(target, '1.0'),
+      ports: [{ name: 'http', containerPort: 8080 }],
+      env: [
+        { name: 'LOG_LEVEL', value: 'info' },
+        { name: 'PORT', value: '8080' },
+        { name: 'SERVICE_NAME', value: target.name },
+        { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      ],
+      resources,
+      readinessProbe: { httpGet: { path: '/readyz', port: 'http' }, periodSeconds: 10 },
+      livenessProbe: { httpGet: { path: '/healthz', port: 'http' }, periodSeconds: 20 },
+    },
+  ];
+  const sidecar = sidecarImage(target);
+  if (sidecar !== undefined) {
+    containers.push({ name: 'proxy', image: sidecar, ports: [{ name: 'proxy', containerPort: 15001 }], resources });
+  }
+  const manifest = {
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: { name: target.name, namespace: target.namespace, labels, finalizers: [FINALIZER] },
+    spec: {
+      replicas: 2,
+      selector: { matchLabels: { app: target.name } },
+      template: { metadata: { labels }, spec: { containers } },
+    },
+  };
+  return {
+    ...manifest,
+    metadata: {
+      ...manifest.metadata,
+      annotations: { 'kubectl.kubernetes.io/last-applied-configuration': JSON.stringify(manifest) },
+    },
+  };
+}
+
+// --- statistics ---------------------------------------------------------------------------------
+
+function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+function summary(values: readonly number[]) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return {
+    count: sorted.length,
+    p50: percentile(sorted, 50),
+    p90: percentile(sorted, 90),
+    p99: percentile(sorted, 99),
+    max: sorted.at(-1) ?? Number.NaN,
+  };
+}
+
+const ms = (value: number) => (Number.isNaN(value) ? 'n/a' : `${Math.round(value)} ms`);
+const seconds = (value: number) => `${(value / 1000).toFixed(1)} s`;
+const mib = (bytes: number) => `${(bytes / MiB).toFixed(0)} MiB`;
+
+// --- CPU accounting -----------------------------------------------------------------------------
+
+interface CpuSnapshot {
+  readonly at: number;
+  readonly seconds: Record<string, number>;
+}
+
+/** Busy CPU seconds of the whole machine (all cores), from /proc/stat. */
+function machineBusySeconds(): number {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+  const busy = fields.slice(0, 8).reduce((sum, value, index) => (index === 3 || index === 4 ? sum : sum + value), 0);
+  return busy / 100;
+}
+
+/** Seconds during which some runnable task waited for a CPU (PSI), if the kernel reports it. */
+function cpuStallSeconds(): number | undefined {
+  try {
+    const total = /^some .*total=(\d+)/m.exec(readFileSync('/proc/pressure/cpu', 'utf8'))?.[1];
+    return total === undefined ? undefined : Number(total) / 1e6;
+  } catch {
+    return undefined;
+  }
+}
+
+function cpuSnapshot(pids: Record<string, number[]>): CpuSnapshot {
+  const snapshot: Record<string, number> = {};
+  for (const [name, list] of Object.entries(pids)) {
+    snapshot[name] = list.reduce((sum, pid) => sum + (cpuSecondsOf(pid) ?? 0), 0);
+  }
+  const own = process.cpuUsage();
+  snapshot.benchmark = (own.user + own.system) / 1e6;
+  snapshot.machine = machineBusySeconds();
+  const stall = cpuStallSeconds();
+  if (stall !== undefined) snapshot.stall = stall;
+  return { at: performance.now(), seconds: snapshot };
+}
+
+/**
+ * Average cores each process used between two snapshots; "others" is what the rest of the
+ * machine used (other tenants of a shared machine), "stalled" the share of time some task was
+ * waiting for a CPU.
+ */
+function coresBetween(from: CpuSnapshot, to: CpuSnapshot): Record<string, number> {
+  const wall = (to.at - from.at) / 1000;
+  const used = (name: string) => ((to.seconds[name] ?? 0) - (from.seconds[name] ?? 0)) / wall;
+  const ours = ['kube-apiserver', 'etcd', 'bridge', 'benchmark'].filter((name) => name in to.seconds);
+  const cores: Record<string, number> = Object.fromEntries(ours.map((name) => [name, used(name)]));
+  cores.others = Math.max(0, used('machine') - ours.reduce((sum, name) => sum + used(name), 0));
+  if ('stall' in to.seconds) cores.stalled = used('stall');
+  return cores;
+}
+
+const formatCores = (cores: Record<string, number>) =>
+  Object.entries(cores)
+    .map(([name, value]) => (name === 'stalled' ? `CPU stall ${Math.round(value * 100)}%` : `${name} ${value.toFixed(2)}`))
+    .join(', ');
+
+// --- the run ------------------------------------------------------------------------------------
+
+async function bridgeMetricsText(url: string): Promise<string> {
+  return (await fetch(`${url}/metrics`)).text();
+}
+
+function metricValue(text: string, name: string, labels: Record<string, string> = {}): number {
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const match = /^([a-z_]+)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    if (match === null || match[1] !== name) continue;
+    const present = match[2] ?? '';
+    if (Object.entries(labels).every(([label, value]) => present.includes(`${label}="${value}"`))) total += Number(match[3]);
+  }
+  return total;
+}
+
+async function waitForQueueIdle(url: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let quiet = 0;
+  while (Date.now() < deadline) {
+    const text = await bridgeMetricsText(url);
+    const busy = metricValue(text, 'image_clone_bridge_queue_depth') + metricValue(text, 'image_clone_bridge_queue_processing');
+    quiet = busy === 0 ? quiet + 1 : 0;
+    if (quiet >= 3) return;
+    await sleep(200);
+  }
+  log('the bridge queue did not go idle in time');
+}
+
+async function warningsIn(logPath: string): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  for (const line of (await readFile(logPath, 'utf8')).split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const entry = JSON.parse(line) as { level?: number; msg?: string };
+      if ((entry.level ?? 0) >= 40) counts.set(entry.msg ?? '?', (counts.get(entry.msg ?? '?') ?? 0) + 1);
+    } catch {
+      // a line cut short at exit
+    }
+  }
+  return counts;
+}
+
+/**
+ * What the API server alone does at RATE changes per second on this machine right now: the same
+ * kind of change to throwaway Deployments (no finalizer, deleted afterwards), no bridge running,
+ * the benchmark's watch the only watcher. Its latencies are the floor under the bridge's.
+ */
+async function calibrate(
+  api: KubeApi,
+): Promise<{ apiLatency: ReturnType<typeof summary>; watchDelay: ReturnType<typeof summary> }> {
+  const namespace = 'bench-calibration';
+  const count = Math.round(RATE * Math.min(DURATION_S, 10));
+  await api.createNamespace(namespace);
+  const objects = Array.from({ length: count }, (_, index) => ({ namespace, name: `calibration-${index}`, index }));
+  await inParallel(objects, CREATE_CONCURRENCY, async (target) => {
+    const manifest = deploymentManifest(target);
+    const metadata = manifest.metadata as Record<string, unknown>;
+    delete metadata.finalizers;
+    await api.call('POST', `/apis/apps/v1/namespaces/${namespace}/deployments`, manifest);
+  });
+  const expected = new Map<string, string>();
+  const seenAt = new Map<string, number>();
+  const watching = api.watchDeployments(
+    await api.deploymentsResourceVersion(),
+    (event) => {
+      const object = event.object as { metadata?: { name?: string } };
+      const name = object.metadata?.name ?? '';
+      const image = expected.get(name);
+      if (image !== undefined && imagesOf(event.object).includes(image) && !seenAt.has(name)) seenAt.set(name, performance.now());
+    },
+    (error) => log(`calibration watch failed: ${error.message}`),
+    namespace,
+  );
+  const returnedAt = new Map<string, { issued: number; returned: number }>();
+  const started = performance.now();
+  const calls: Promise<void>[] = [];
+  for (const [index, target] of objects.entries()) {
+    const wait = started + (index * 1000) / RATE - performance.now();
+    if (wait > 1) await sleep(wait);
+    const image = appImage(target, '2.0');
+    expected.set(target.name, image);
+    const issued = performance.now();
+    calls.push(
+      api
+        .call(
+          'PATCH',
+          `/apis/apps/v1/namespaces/${namespace}/deployments/${target.name}`,
+          [{ op: 'replace', path: '/spec/template/spec/containers/0/image', value: image }],
+          'application/json-patch+json',
+        )
+        .then(() => void returnedAt.set(target.name, { issued, returned: performance.now() })),
+    );
+  }
+  await Promise.all(calls);
+  const deadline = performance.now() + 30_000;
+  while (seenAt.size < count && performance.now() < deadline) await sleep(100);
+  watching.stop();
+  await api.call('DELETE', `/apis/apps/v1/namespaces/${namespace}/deployments`);
+  const times = [...returnedAt.entries()];
+  return {
+    apiLatency: summary(times.map(([, time]) => time.returned - time.issued)),
+    watchDelay: summary(times.flatMap(([name, time]) => (seenAt.has(name) ? [seenAt.get(name)! - time.returned] : []))),
+  };
+}
+
+async function main(): Promise<void> {
+  const workDir = await mkdtemp(join(tmpdir(), 'bridge-bench-'));
+  const bridgeLog = join(workDir, 'bridge.log');
+  let cluster: KubeCluster | undefined;
+  let standIn: StandIn | undefined;
+  let bridge: BridgeProcess | undefined;
+  let api: KubeApi | undefined;
+  const stopWatch: (() => void)[] = [];
+  try {
+    log(`starting kube-apiserver and etcd`);
+    cluster = await startKubeCluster();
+    const kubectl = async (kubectlArgs: string[]) => {
+      const result = await cluster!.kubectl(kubectlArgs);
+      if (result.code !== 0) throw new Error(`kubectl ${kubectlArgs.join(' ')}: ${result.stderr}`);
+    };
+    // The bridge's RBAC exactly as an operator applies it; the bridge runs with that token.
+    await kubectl(['apply', '-f', `${repoRoot}k8s/rbac`]);
+    const serviceAccountKubeconfig = await cluster.serviceAccountKubeconfig(CONTROLLER_NAMESPACE, 'image-cloner');
+    api = new KubeApi({ server: cluster.server, ca: await readFile(cluster.caFile), token: cluster.adminToken });
+
+    // 1. Load the API server.
+    for (let index = 0; index < NAMESPACES; index++) await api.createNamespace(`bench-${index}`);
+    log(`creating ${DEPLOYMENTS} Deployments in ${NAMESPACES} namespaces`);
+    const createStarted = performance.now();
+    await inParallel(targets, CREATE_CONCURRENCY, async (target) => {
+      await api!.call('POST', `/apis/apps/v1/namespaces/${target.namespace}/deployments`, deploymentManifest(target));
+    });
+    const createMs = performance.now() - createStarted;
+    log(`created in ${seconds(createMs)} (${Math.round(DEPLOYMENTS / (createMs / 1000))}/s)`);
+    const sample = await api.call('GET', `/apis/apps/v1/namespaces/${targets[0]!.namespace}/deployments/${targets[0]!.name}`);
+    const objectBytes = Buffer.byteLength(JSON.stringify(sample));
+    let calibration: Awaited<ReturnType<typeof calibrate>> | undefined;
+    if (!args['skip-calibration']) {
+      log(`calibrating: the API server alone at ${RATE} changes/s`);
+      calibration = await calibrate(api);
+      log(`  change API call p99 ${ms(calibration.apiLatency.p99)}, change → watch p99 ${ms(calibration.watchDelay.p99)}`);
+    }
+
+    // 2. Watch them (the benchmark's view of "reconciled"), start the function and the bridge.
+    const tracker = new ReconcileTracker(targets.map(keyOf), BACKUP_PREFIX);
+    let watchFailure: Error | undefined;
+    const watching = api.watchDeployments(
+      await api.deploymentsResourceVersion(),
+      (event) => tracker.onEvent(event),
+      (error) => {
+        watchFailure = error;
+        log(`benchmark watch failed: ${error.message}`);
+      },
+    );
+    stopWatch.push(() => watching.stop());
+
+    const authToken = randomBytes(24).toString('hex');
+    const callbackSecret = randomBytes(24).toString('hex');
+    standIn = await startStandIn({ authToken, callbackSecret, backup });
+    const port = await freePort();
+    const bridgeUrl = `http://127.0.0.1:${port}`;
+    const extraEnv = Object.fromEntries(
+      (args['bridge-env'] ?? []).map((pair) => {
+        const at = pair.indexOf('=');
+        if (at <= 0) throw new Error(`--bridge-env ${pair}: expected KEY=VALUE`);
+        return [pair.slice(0, at), pair.slice(at + 1)];
+      }),
+    );
+    const bridgeEnv: Record<string, string> = {
+      KUBECONFIG: serviceAccountKubeconfig,
+      FUNCTION_URL: standIn.url,
+      AUTH_TOKEN: authToken,
+      CALLBACK_SECRET: callbackSecret,
+      ...(MODE === 'callback' && { CALLBACK_URL: `${bridgeUrl}/callback` }),
+      BACKUP_REGISTRY: backup.registry,
+      BACKUP_NAMESPACE: backup.namespace,
+      IGNORE_NAMESPACES: CONTROLLER_NAMESPACE,
+      PORT: String(port),
+      LEADER_ELECTION: 'true',
+      POD_NAMESPACE: CONTROLLER_NAMESPACE,
+      POD_NAME: 'bench-bridge',
+      LOG_LEVEL: 'info',
+      ...processTuningFromManifest(),
+      ...(args.workers !== undefined && { WORKERS: args.workers }),
+      ...extraEnv,
+    };
+    const nodeOptions = [...heapFlagsFor(MEMORY_LIMIT_MIB), bridgeEnv.NODE_OPTIONS ?? ''].join(' ').trim();
+    if (nodeOptions !== '') bridgeEnv.NODE_OPTIONS = nodeOptions;
+    const pids = {
+      'kube-apiserver': findProcesses('kube-apiserver', cluster.dir),
+      etcd: findProcesses('etcd', cluster.dir),
+    };
+    const initialImages = new Set(
+      targets.flatMap((target) => [appImage(target, '1.0'), sidecarImage(target)].filter((image) => image !== undefined)),
+    );
+    const initialSources = new Set([...initialImages].map(normalise));
+    await sleep(2_000); // let the API server settle after the load
+
+    const entry = args.entry ?? (args.source ? 'bridge/main.ts' : await buildBridge());
+    const entryName = args.entry ?? (args.source ? 'bridge/main.ts' : 'dist/bridge/main.js (the bundle the container runs)');
+    log(`starting the bridge (node ${entryName}, ${MODE} mode)`);
+    const cpuBefore = cpuSnapshot(pids);
+    bridge = spawnBridge(bridgeEnv, bridgeLog, entry);
+    const bridgePids = { ...pids, bridge: [bridge.pid] };
+    const started = bridge.startedAt;
+    void bridge.exited.then((code) => log(`the bridge exited (${code})`));
+
+    let readyAt: number | undefined;
+    let rssAtReady = 0;
+    const readiness = (async () => {
+      for (;;) {
+        try {
+          if ((await fetch(`${bridgeUrl}/readyz`)).status === 200) {
+            readyAt = performance.now();
+            rssAtReady = bridge!.memory()?.rss ?? 0;
+            return;
+          }
+        } catch {
+          // not listening yet
+        }
+        await sleep(50);
+      }
+    })();
+    const progress = setInterval(
+      () => log(`  ${DEPLOYMENTS - tracker.pending}/${DEPLOYMENTS} reconciled, bridge RSS ${mib(bridge!.memory()?.rss ?? 0)}`),
+      5_000,
+    );
+    await Promise.race([
+      tracker.allReconciled(),
+      bridge.exited.then(async (code) => {
+        const tail = (await readFile(bridgeLog, 'utf8')).trimEnd().split('\n').slice(-12).join('\n');
+        throw new Error(`the bridge exited (${code}) before all workloads were reconciled; its log ends:\n${tail}`);
+      }),
+    ]);
+    clearInterval(progress);
+    await readiness;
+    const reconciledAt = tracker.lastReconciledAt!;
+    const cpuInitial = coresBetween(cpuBefore, cpuSnapshot(bridgePids));
+    const rssAtReconciled = bridge.memory()?.rss ?? 0;
+    const initialAsked = [...initialSources].map((source) => standIn!.firstAsked.get(source) ?? Number.NaN);
+    const firstRequestAt = Math.min(...initialAsked);
+    const allRequestedAt = Math.max(...initialAsked);
+    const initialStats = { ...standIn.stats };
+    log(`all ${DEPLOYMENTS} reconciled ${seconds(reconciledAt - started)} after start`);
+    await waitForQueueIdle(bridgeUrl, 60_000);
+    const initialMetrics = await bridgeMetricsText(bridgeUrl);
+
+    // Check through a fresh list, not only the watch.
+    const listed = await api.listDeployments();
+    const notReconciled = listed.filter((object) => {
+      const metadata = object.metadata as { namespace: string; finalizers?: string[] };
+      if (!metadata.namespace.startsWith('bench-')) return false;
+      return (
+        (metadata.finalizers ?? []).includes(FINALIZER) || !imagesOf(object).every((image) => image.startsWith(BACKUP_PREFIX))
+      );
+    }).length;
+
+    // 3. Changes at RATE per second.
+    const total = Math.round(RATE * DURATION_S);
+    const order = [...targets];
+    for (let index = order.length - 1; index > 0; index--) {
+      const other = Math.floor(Math.random() * (index + 1));
+      [order[index], order[other]] = [order[other]!, order[index]!];
+    }
+    if (total > order.length) throw new Error(`--rate × --duration (${total}) exceeds the number of Deployments`);
+    interface Change {
+      readonly key: string;
+      readonly source: string;
+      readonly issuedAt: number;
+      returnedAt?: number;
+      error?: string;
+    }
+    const changes: Change[] = [];
+    log(`changing ${total} Deployments at ${RATE}/s`);
+    const loopDelay = monitorEventLoopDelay({ resolution: 5 });
+    loopDelay.enable();
+    const cpuChangeStart = cpuSnapshot(bridgePids);
+    const phaseStart = performance.now();
+    const inFlight = new Set<Promise<void>>();
+    for (let index = 0; index < total; index++) {
+      const due = phaseStart + (index * 1000) / RATE;
+      const wait = due - performance.now();
+      if (wait > 1) await sleep(wait);
+      const target = order[index]!;
+      const image = appImage(target, `2.${index}`);
+      const change: Change = { key: keyOf(target), source: normalise(image), issuedAt: performance.now() };
+      changes.push(change);
+      tracker.expect(change.key, image, backupOf(image, backup));
+      const call = api
+        .call(
+          'PATCH',
+          `/apis/apps/v1/namespaces/${target.namespace}/deployments/${target.name}`,
+          [{ op: 'replace', path: '/spec/template/spec/containers/0/image', value: image }],
+          'application/json-patch+json',
+        )
+        .then(
+          () => {
+            change.returnedAt = performance.now();
+          },
+          (error: unknown) => {
+            change.error = (error as Error).message;
+          },
+        );
+      inFlight.add(call);
+      void call.finally(() => inFlight.delete(call));
+    }
+    await Promise.all([...inFlight]);
+    const phaseEnd = performance.now();
+    loopDelay.disable();
+    log(`changes sent in ${seconds(phaseEnd - phaseStart)}; waiting for the bridge to catch up`);
+    const drainDeadline = performance.now() + 60_000;
+    while (
+      performance.now() < drainDeadline &&
+      (tracker.awaiting > 0 || changes.some((change) => !standIn!.firstAsked.has(change.source)))
+    ) {
+      await sleep(100);
+    }
+    const cpuChanges = coresBetween(cpuChangeStart, cpuSnapshot(bridgePids));
+    await waitForQueueIdle(bridgeUrl, 30_000);
+    const finalMetrics = await bridgeMetricsText(bridgeUrl);
+    const memory = bridge.memory()!;
+
+    const applied = changes.filter((change) => change.returnedAt !== undefined);
+    const toRequest = applied.flatMap((change) => {
+      const asked = standIn!.firstAsked.get(change.source);
+      return asked === undefined ? [] : [asked - change.returnedAt!];
+    });
+    const toPatched = applied.flatMap((change) => {
+      const at = tracker.repatchedAt.get(change.key);
+      return at === undefined ? [] : [at - change.returnedAt!];
+    });
+    const toWatched = applied.flatMap((change) => {
+      const at = tracker.changeSeenAt.get(change.key);
+      return at === undefined ? [] : [at - change.returnedAt!];
+    });
+    // The bridge's own share: from the moment a watch delivered the change to the request.
+    const bridgeShare = applied.flatMap((change) => {
+      const seen = tracker.changeSeenAt.get(change.key);
+      const asked = standIn!.firstAsked.get(change.source);
+      return seen === undefined || asked === undefined ? [] : [asked - seen];
+    });
+    const apiLatency = summary(applied.map((change) => change.returnedAt! - change.issuedAt));
+    const watchDelay = summary(toWatched);
+    const bridgeDelay = summary(bridgeShare);
+    const requestDelay = summary(toRequest);
+    // The same from the moment the change was sent: includes the API server's own time to
+    // accept it, an upper bound where the figure above (from its answer) is a lower one.
+    const requestDelayFromIssue = summary(
+      applied.flatMap((change) => {
+        const asked = standIn!.firstAsked.get(change.source);
+        return asked === undefined ? [] : [asked - change.issuedAt];
+      }),
+    );
+    const patchDelay = summary(toPatched);
+    const rssDuringChanges = bridge.samples.filter((sample) => sample.at >= phaseStart && sample.at <= phaseEnd);
+
+    const result = {
+      machine: {
+        cpus: cpus().length,
+        cpu: cpus()[0]?.model,
+        memoryGiB: Math.round(totalmem() / 1024 ** 3),
+        node: process.version,
+      },
+      setup: {
+        deployments: DEPLOYMENTS,
+        namespaces: NAMESPACES,
+        objectBytes,
+        distinctInitialImages: initialSources.size,
+        mode: MODE,
+        memoryLimitMiB: MEMORY_LIMIT_MIB,
+        nodeOptions,
+        entry: entryName,
+        bridgeEnv: {
+          WORKERS: bridgeEnv.WORKERS ?? '(default)',
+          MALLOC_ARENA_MAX: bridgeEnv.MALLOC_ARENA_MAX ?? '(unset)',
+          ...extraEnv,
+        },
+        createMs,
+      },
+      initial: {
+        readyMs: readyAt! - started,
+        firstRequestMs: firstRequestAt - started,
+        allRequestedMs: allRequestedAt - started,
+        reconciledMs: reconciledAt - started,
+        notReconciledInList: notReconciled,
+        rssAtReadyMiB: rssAtReady / MiB,
+        rssAtReconciledMiB: rssAtReconciled / MiB,
+        functionRequests: initialStats.requests,
+        cores: cpuInitial,
+        patches: metricValue(initialMetrics, 'image_clone_bridge_patches_total'),
+        conflicts: metricValue(initialMetrics, 'image_clone_bridge_patches_total', { result: 'conflict' }),
+        reconciles: metricValue(initialMetrics, 'image_clone_bridge_reconciles_total'),
+      },
+      changes: {
+        planned: total,
+        applied: applied.length,
+        failed: changes.length - applied.length,
+        rate: applied.length / ((phaseEnd - phaseStart) / 1000),
+        apiLatency,
+        watchDelay,
+        bridgeDelay,
+        requestDelay,
+        requestDelayFromIssue,
+        patchDelay,
+        unmatched: applied.length - toRequest.length,
+        notRepatched: applied.length - toPatched.length,
+        benchmarkLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
+        rssMaxMiB: Math.max(0, ...rssDuringChanges.map((sample) => sample.rss)) / MiB,
+        cores: cpuChanges,
+      },
+      peakRssMiB: memory.hwm / MiB,
+      bridge: {
+        functionRequests: standIn.stats.requests,
+        repeatedImages: standIn.stats.repeated,
+        callbackFailures: standIn.stats.callbackFailures,
+        conflicts: metricValue(finalMetrics, 'image_clone_bridge_patches_total', { result: 'conflict' }),
+        callbackRejections: metricValue(finalMetrics, 'image_clone_bridge_callback_rejections_total'),
+        watchRestarts: metricValue(finalMetrics, 'image_clone_bridge_watch_restarts_total'),
+        warnings: Object.fromEntries(await warningsIn(bridgeLog)),
+      },
+      calibration,
+      benchmarkWatchFailed: watchFailure?.message,
+    };
+
+    const rows: [string, string, string][] = [
+      ['Deployments (namespaces, bytes each as served)', `${DEPLOYMENTS} (${NAMESPACES}, ${objectBytes} B)`, ''],
+      ['Distinct images at start', String(initialSources.size), ''],
+      ['Bridge run as', `node ${entryName}, ${MODE} mode`, ''],
+      ['MALLOC_ARENA_MAX (from the manifest)', bridgeEnv.MALLOC_ARENA_MAX ?? 'unset', ''],
+      ['V8 heap', MEMORY_LIMIT_MIB === 0 ? "this host's defaults" : `as in a ${MEMORY_LIMIT_MIB} MiB pod: ${nodeOptions}`, ''],
+      ['Start → ready (listed, watching, leader)', seconds(result.initial.readyMs), ''],
+      ['Start → first function request', seconds(result.initial.firstRequestMs), ''],
+      ['Start → every image requested', seconds(result.initial.allRequestedMs), ''],
+      ['Start → all Deployments reconciled', seconds(result.initial.reconciledMs), ''],
+      ['Not reconciled in a fresh list afterwards', String(notReconciled), '0'],
+      ['RSS when ready / when all reconciled', `${mib(rssAtReady)} / ${mib(rssAtReconciled)}`, ''],
+      ['Peak RSS (VmHWM, whole run)', mib(memory.hwm), '< 200 MiB'],
+      ...(calibration === undefined
+        ? []
+        : ([
+            [
+              'Calibration, API server alone: change call p50 / p99',
+              `${ms(calibration.apiLatency.p50)} / ${ms(calibration.apiLatency.p99)}`,
+              '',
+            ],
+            [
+              'Calibration, API server alone: change → watch p50 / p99',
+              `${ms(calibration.watchDelay.p50)} / ${ms(calibration.watchDelay.p99)}`,
+              '',
+            ],
+          ] as [string, string, string][])),
+      ['Changes applied (rate achieved)', `${applied.length}/${total} (${result.changes.rate.toFixed(1)}/s)`, ''],
+      ['Change API call p50 / p99', `${ms(apiLatency.p50)} / ${ms(apiLatency.p99)}`, ''],
+      ["Change → seen by the benchmark's own watch p50 / p99", `${ms(watchDelay.p50)} / ${ms(watchDelay.p99)}`, ''],
+      ['Bridge share (watch → function request) p50 / p99', `${ms(bridgeDelay.p50)} / ${ms(bridgeDelay.p99)}`, ''],
+      ['Change → function request p50', ms(requestDelay.p50), ''],
+      ['Change → function request p90', ms(requestDelay.p90), ''],
+      ['Change → function request p99', ms(requestDelay.p99), '< 1 s'],
+      ['Change → function request max', ms(requestDelay.max), ''],
+      [
+        'Change sent (before the API server answered) → function request p50 / p99',
+        `${ms(requestDelayFromIssue.p50)} / ${ms(requestDelayFromIssue.p99)}`,
+        '',
+      ],
+      ['Changes never requested', String(result.changes.unmatched), '0'],
+      ['Change → patched again p50 / p99', `${ms(patchDelay.p50)} / ${ms(patchDelay.p99)}`, ''],
+      ['Max RSS during changes', `${result.changes.rssMaxMiB.toFixed(0)} MiB`, ''],
+      ['Cores used, start → reconciled', formatCores(cpuInitial), ''],
+      ['Cores used, changes', formatCores(cpuChanges), ''],
+      ['Benchmark event-loop delay p99 (changes)', ms(result.changes.benchmarkLoopDelayP99Ms), ''],
+      [
+        'Patch conflicts / callback rejections / watch restarts',
+        `${result.bridge.conflicts} / ${result.bridge.callbackRejections} / ${result.bridge.watchRestarts}`,
+        '',
+      ],
+    ];
+    const table = ['| Measure | Value | Goal |', '|---|---|---|', ...rows.map((row) => `| ${row.join(' | ')} |`)].join('\n');
+    process.stdout.write(`\n${table}\n\n`);
+    const warnings = Object.entries(result.bridge.warnings);
+    if (warnings.length > 0) log(`bridge warnings: ${warnings.map(([msg, count]) => `${msg} ×${count}`).join('; ')}`);
+    if (args.json !== undefined) await writeFile(args.json, `${JSON.stringify(result, null, 2)}\n`);
+    const missed = memory.hwm >= 200 * MiB || !(requestDelay.p99 < 1000) || notReconciled > 0 || result.changes.unmatched > 0;
+    if (missed) log('a goal was missed');
+    process.exitCode = missed ? 1 : 0;
+  } finally {
+    for (const stop of stopWatch) stop();
+    await bridge?.stop();
+    await standIn?.stop();
+    await api?.close();
+    await cluster?.stop();
+    log(`bridge log: ${bridgeLog}`);
+  }
+}
+
+await main();
