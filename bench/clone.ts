@@ -14,7 +14,8 @@
 // Options: --runs N (default 3), --scenarios a,b,c,d, --tools function,skopeo,crane,regctl,
 // --big-mib N (layer size of (d), default 160), --json FILE (all measurements).
 // BLOB_CONCURRENCY, TRANSFER_CONCURRENCY, IMAGE_CONCURRENCY and LOG_LEVEL in the environment are
-// passed to the function; BENCH_NODE_OPTIONS to its node (e.g. "--cpu-prof --cpu-prof-dir=DIR").
+// passed to the function; its node gets the flags of package.json's start script (as npm start
+// and the container run it) plus BENCH_NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=DIR").
 
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -34,7 +35,7 @@ import {
   type TestImage,
 } from '../test/support/images.ts';
 import { startRegistry, type Registry } from '../test/support/registry.ts';
-import { startBenchFunction, type CloneResult } from './function.ts';
+import { startBenchFunction, startFlags, type CloneResult } from './function.ts';
 import { installPeers, peerContext, runPeer, type PeerTool } from './peers.ts';
 import { cpuMs, loadAverage, registryPid } from './proc.ts';
 import { formatCounts, markLog, settleLog, type RequestCounts } from './requests.ts';
@@ -330,10 +331,10 @@ async function main(): Promise<void> {
   const settings = ['LOG_LEVEL', 'IMAGE_CONCURRENCY', 'BLOB_CONCURRENCY', 'TRANSFER_CONCURRENCY']
     .filter((name) => process.env[name])
     .map((name) => `${name}=${process.env[name]}`);
-  const nodeOptions = process.env.BENCH_NODE_OPTIONS ? `${process.env.BENCH_NODE_OPTIONS} ` : '';
+  const nodeOptions = [...startFlags(), process.env.BENCH_NODE_OPTIONS ?? ''].join(' ').trim();
   const header = [
     ...machine(),
-    `function: node ${nodeOptions}${process.env.BENCH_FUNCTION_ENTRY ?? 'functions/node.ts'}` +
+    `function: node ${nodeOptions} ${process.env.BENCH_FUNCTION_ENTRY ?? 'functions/node.ts'}` +
       (settings.length ? ` with ${settings.join(', ')}` : ' (default settings)'),
     ...peers.filter((p) => toolNames.includes(p.name)).map((p) => `${p.name} ${p.version} (${p.path})`),
     `${runs} runs per tool and scenario; load average at start ${loadAverage().toFixed(1)}`,

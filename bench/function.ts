@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { freePort } from '../test/support/ports.ts';
 import { cpuMs, processMemory, type Memory } from './proc.ts';
@@ -36,11 +37,22 @@ export interface BenchFunction {
   stop(): Promise<void>;
 }
 
+/**
+ * The node flags of package.json's start script (`node --max-semi-space-size=1 functions/node.ts`),
+ * which the Dockerfile sets too: the function is measured as it is run.
+ */
+export function startFlags(): string[] {
+  const { scripts } = JSON.parse(readFileSync(resolve(PROJECT_ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
+  const words = scripts.start.split(/\s+/);
+  if (words[0] !== 'node') throw new Error(`unexpected start script: ${scripts.start}`);
+  return words.slice(1).filter((word) => word.startsWith('--'));
+}
+
 export async function startBenchFunction(env: Record<string, string>): Promise<BenchFunction> {
   const port = await freePort();
   const authToken = randomBytes(16).toString('hex');
   const passed = Object.fromEntries(TUNABLES.flatMap((name) => (process.env[name] ? [[name, process.env[name]!]] : [])));
-  const nodeOptions = process.env.BENCH_NODE_OPTIONS?.split(' ').filter(Boolean) ?? [];
+  const nodeOptions = [...startFlags(), ...(process.env.BENCH_NODE_OPTIONS?.split(' ').filter(Boolean) ?? [])];
   const child = spawn(process.execPath, [...nodeOptions, process.env.BENCH_FUNCTION_ENTRY ?? 'functions/node.ts'], {
     cwd: PROJECT_ROOT,
     env: {

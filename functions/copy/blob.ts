@@ -70,11 +70,20 @@ export class BlobCopier {
     this.#options = options;
   }
 
-  /** Makes `target` hold the blob. Retries the whole transfer (a stream cannot be resent). */
-  async copy(source: Repository, target: Repository, blob: Descriptor, onBytes?: (done: number) => void): Promise<BlobOutcome> {
+  /**
+   * Makes `target` hold the blob. Retries the whole transfer (a stream cannot be resent).
+   * `absent`: the caller knows the target repository cannot hold it yet, so no HEAD asks.
+   */
+  async copy(
+    source: Repository,
+    target: Repository,
+    blob: Descriptor,
+    onBytes?: (done: number) => void,
+    options: { readonly absent?: boolean } = {},
+  ): Promise<BlobOutcome> {
     const what = `blob ${blob.digest} of ${source.registry}/${source.repository}`;
     return this.#options.transfers.run(() =>
-      withRetries(() => this.#copyOnce(source, target, blob, what, onBytes), {
+      withRetries(() => this.#copyOnce(source, target, blob, what, onBytes, options.absent === true), {
         policy: this.#options.retryPolicy,
         classify: classifyError,
         onRetry: (info) => this.#options.onRetry?.({ what, ...info }),
@@ -87,21 +96,24 @@ export class BlobCopier {
     target: Repository,
     blob: Descriptor,
     what: string,
-    onBytes?: (done: number) => void,
+    onBytes: ((done: number) => void) | undefined,
+    absent: boolean,
   ): Promise<BlobOutcome> {
     const { client, known } = this.#options;
-    const head = await client.send({
-      registry: target.registry,
-      method: 'HEAD',
-      path: `/v2/${target.repository}/blobs/${blob.digest}`,
-      scopes: [pushScope(target.repository)],
-      what: `check ${what} in the backup`,
-      expect: [200, 404],
-    });
-    await discard(head);
-    if (head.status === 200) {
-      known.remember(target.registry, target.repository, blob.digest);
-      return 'present';
+    if (!absent) {
+      const head = await client.send({
+        registry: target.registry,
+        method: 'HEAD',
+        path: `/v2/${target.repository}/blobs/${blob.digest}`,
+        scopes: [pushScope(target.repository)],
+        what: `check ${what} in the backup`,
+        expect: [200, 404],
+      });
+      await discard(head);
+      if (head.status === 200) {
+        known.remember(target.registry, target.repository, blob.digest);
+        return 'present';
+      }
     }
 
     // Mount from a repository of the same registry that holds the blob: the source itself when the

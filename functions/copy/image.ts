@@ -8,7 +8,7 @@ import { pullScope, pushScope } from '../registry/auth.ts';
 import { discard, type RegistryClient } from '../registry/client.ts';
 import { classifyError, describeError, PermanentError, RegistryError } from '../registry/errors.ts';
 import { withRetries, type RetryPolicy } from '../registry/retry.ts';
-import type { BlobCopier, Repository } from './blob.ts';
+import type { BlobCopier, BlobOutcome, Repository } from './blob.ts';
 import { digestOf } from './digest.ts';
 import { mapLimit } from './limit.ts';
 import { MANIFEST_ACCEPT, MANIFEST_SIZE_LIMIT, parseManifest, type Descriptor } from './manifest.ts';
@@ -58,6 +58,11 @@ export interface FetchedManifest {
   readonly bytes: Uint8Array;
   readonly digest: string;
   readonly mediaType: string;
+}
+
+/** A copy into a repository that did not exist when it began: the blob uploads it has started. */
+interface FreshRepository {
+  readonly uploads: Map<string, Promise<BlobOutcome>>;
 }
 
 /** Progress events are sent every this many bytes of a blob (and at its end). */
@@ -174,7 +179,8 @@ export class ImageCopier {
       root = await this.fetchManifest(target, digest);
     } else {
       root ??= await this.fetchManifest(source, digest);
-      await this.copyTree(source, target, root, digest, sourceText, emit, progress);
+      const fresh = (await this.repositoryExists(target)) ? undefined : { uploads: new Map<string, Promise<BlobOutcome>>() };
+      await this.copyTree(source, target, root, digest, sourceText, emit, progress, fresh);
     }
     await this.#referrers.copy(source, target, digest, sourceText, emit, progress);
     await this.pushManifest(target, tag, root);
@@ -183,7 +189,10 @@ export class ImageCopier {
 
   /**
    * Copies a manifest and everything under it, then pushes it under `reference` (a tag or its
-   * digest). A child the backup already holds is skipped whole.
+   * digest). A child the backup already holds is skipped whole. With `fresh` (the target
+   * repository did not exist when the copy began) nothing is asked about first: registries link
+   * blobs and manifests per repository, so none can be there unless this copy put it there, and
+   * a blob shared by several manifests of the image is uploaded once.
    */
   async copyTree(
     source: Repository,
@@ -193,24 +202,65 @@ export class ImageCopier {
     sourceText: string,
     emit: EmitEvent,
     progress: { bytes: number },
+    fresh?: FreshRepository,
   ): Promise<Response> {
     const parsed = parseManifest(manifest.bytes, manifest.mediaType);
     await mapLimit(parsed.manifests, 2, async (child: Descriptor) => {
-      if (await this.hasManifest(target, child.digest)) return;
+      if (fresh === undefined && (await this.hasManifest(target, child.digest))) return;
       const fetched = await this.fetchManifest(source, child.digest);
-      await this.copyTree(source, target, fetched, child.digest, sourceText, emit, progress);
+      await this.copyTree(source, target, fetched, child.digest, sourceText, emit, progress, fresh);
     });
     await mapLimit(parsed.blobs, this.#options.blobConcurrency, async (blob) => {
       let reported = 0;
-      const outcome = await this.#options.blobs.copy(source, target, blob, (done) => {
-        if (done - reported >= PROGRESS_STEP || done === blob.size) {
-          reported = done;
-          emit({ type: 'blob', source: sourceText, digest: blob.digest, done, total: blob.size });
-        }
-      });
-      if (outcome === 'uploaded') progress.bytes += blob.size;
+      const transfer = () =>
+        this.#options.blobs.copy(
+          source,
+          target,
+          blob,
+          (done) => {
+            if (done - reported >= PROGRESS_STEP || done === blob.size) {
+              reported = done;
+              emit({ type: 'blob', source: sourceText, digest: blob.digest, done, total: blob.size });
+            }
+          },
+          { absent: fresh !== undefined },
+        );
+      const underway = fresh?.uploads.get(blob.digest);
+      if (underway !== undefined) {
+        await underway; // another manifest of this image uploads it: wait, count it once
+        return;
+      }
+      const copying = transfer();
+      fresh?.uploads.set(blob.digest, copying);
+      if ((await copying) === 'uploaded') progress.bytes += blob.size;
     });
     return this.pushManifest(target, reference, manifest);
+  }
+
+  /**
+   * False only when the registry says the repository does not exist (404 NAME_UNKNOWN on its tag
+   * list); anything else, a refusal or an error included, counts as "may exist", so the copy asks
+   * about each blob as usual.
+   */
+  async repositoryExists(repository: Repository): Promise<boolean> {
+    try {
+      const response = await this.#options.client.send({
+        registry: repository.registry,
+        method: 'GET',
+        path: `/v2/${repository.repository}/tags/list?n=1`,
+        scopes: [pullScope(repository.repository)],
+        what: `list tags of ${repositoryName(repository)}`,
+        expect: [200, 404],
+      });
+      if (response.status === 200) {
+        await discard(response);
+        return true;
+      }
+      const body = (await response.json().catch(() => undefined)) as { errors?: { code?: string }[] } | undefined;
+      return body?.errors?.[0]?.code !== 'NAME_UNKNOWN';
+    } catch {
+      return true;
+    }
   }
 
   /** HEAD by tag for the digest; a GET when the registry does not say (and then the bytes are kept). */

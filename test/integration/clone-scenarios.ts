@@ -83,6 +83,19 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       return `${proxy.host}/${repo}:${tag}`;
     }
 
+    /** A second function whose backup is reached through a proxy of its own (to refuse or count requests). */
+    async function startBehindBackupProxy(): Promise<{ proxy: FaultProxy; fn: CloneFunction }> {
+      const backupProxy = await startFaultProxy(backup.url);
+      const behind = await start({
+        BACKUP_REGISTRY: backupProxy.host,
+        BACKUP_NAMESPACE: NAMESPACE,
+        BACKUP_LAYOUT: 'flat',
+        INSECURE_REGISTRIES: `${proxy.host},${backupProxy.host}`,
+        REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [backupProxy.host]: backup.credentials } }),
+      });
+      return { proxy: backupProxy, fn: behind };
+    }
+
     async function clone(images: string[]): Promise<Result[]> {
       const response = await fn.clone({ images });
       expect(response.status, JSON.stringify(response.body)).toBe(200);
@@ -235,14 +248,7 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
     it('switches to chunked uploads for a backup that refuses a whole blob in one request (413)', async () => {
       const image = dockerImage(`${runtime}-chunked`, { layers: 2, layerSize: 300 * 1024 });
       const reference = await seed('chunked/app', image);
-      const limited = await startFaultProxy(backup.url);
-      const viaLimit = await start({
-        BACKUP_REGISTRY: limited.host,
-        BACKUP_NAMESPACE: NAMESPACE,
-        BACKUP_LAYOUT: 'flat',
-        INSECURE_REGISTRIES: `${proxy.host},${limited.host}`,
-        REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [limited.host]: backup.credentials } }),
-      });
+      const { proxy: limited, fn: viaLimit } = await startBehindBackupProxy();
       try {
         // Like a proxy with a body limit: any blob PUT that carries bytes is refused.
         const refusal = limited.addRule({
@@ -272,6 +278,37 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       } finally {
         await viaLimit.stop();
         await limited.stop();
+      }
+    });
+
+    it('asks about no blob in a backup repository that does not exist yet, uploads a shared layer once, and asks in one that exists', async () => {
+      const image = dockerManifestList(`${runtime}-fresh`, undefined, { sharedLayers: true });
+      const reference = await seed('fresh/app', image);
+      const { proxy: watched, fn: viaWatched } = await startBehindBackupProxy();
+      try {
+        const blobRequests = (from: number, method: string) =>
+          watched.requests.slice(from).filter((r) => r.method === method && /\/blobs\/sha256:/.test(r.url));
+        const [first] = (await viaWatched.clone({ images: [reference] })).body.results as Result[];
+        expect(first!.status, first!.error).toBe('copied');
+        await expectBackedUp(image, reference, { ...first!, target: first!.target!.replace(watched.host, backup.host) });
+        expect(watched.requests.some((r) => r.method === 'GET' && r.url.includes('/tags/list'))).toBe(true);
+        expect(blobRequests(0, 'HEAD')).toEqual([]);
+        // Three platforms, two layers they share and a config each: five distinct blobs, each
+        // uploaded (one PUT) once, and the bytes counted once.
+        expect(image.blobs).toHaveLength(5);
+        const puts = watched.requests.filter((r) => r.method === 'PUT' && r.url.includes('/blobs/uploads/'));
+        expect(puts).toHaveLength(image.blobs.length);
+        expect(first!.bytes).toBe(image.blobs.reduce((sum, blob) => sum + blob.bytes.length, 0));
+
+        // The same repository again, another image: it exists now, so each blob is asked about.
+        const other = dockerImage(`${runtime}-fresh-2`);
+        const before = watched.requests.length;
+        const [second] = (await viaWatched.clone({ images: [await seed('fresh/app', other, 'v2')] })).body.results as Result[];
+        expect(second!.status, second!.error).toBe('copied');
+        expect(blobRequests(before, 'HEAD')).toHaveLength(other.blobs.length);
+      } finally {
+        await viaWatched.stop();
+        await watched.stop();
       }
     });
 

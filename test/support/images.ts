@@ -361,8 +361,16 @@ function imageConfig(seed: string, platform: Platform, diffIds: string[]): objec
 // Catalogue
 
 /** A Docker manifest list over one Docker schema2 image per platform. */
-export function dockerManifestList(seed: string, platforms: Platform[] = DEFAULT_PLATFORMS): TestImage {
-  const children = platforms.map((platform) => dockerImage(`${seed}/${platformKey(platform)}`, { platform }));
+export function dockerManifestList(
+  seed: string,
+  platforms: Platform[] = DEFAULT_PLATFORMS,
+  options: { readonly sharedLayers?: boolean } = {},
+): TestImage {
+  // With sharedLayers every platform's image has the same layers (only its config differs), as
+  // with platform-independent content (scripts, data) built for several architectures.
+  const children = platforms.map((platform) =>
+    dockerImage(options.sharedLayers ? seed : `${seed}/${platformKey(platform)}`, { platform }),
+  );
   const mediaType = MediaTypes.dockerManifestList;
   const list = manifestOf(
     {
