@@ -30,6 +30,7 @@ import {
   type RegistrySession,
   type TestImage,
 } from '../support/images.ts';
+import { startReferrersProxy, type ReferrersProxy } from '../support/referrers-proxy.ts';
 import { corruptBlob, startRegistry, type Registry } from '../support/registry.ts';
 
 export const NAMESPACE = 'backupacct';
@@ -49,6 +50,8 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
   describe(`clone scenarios (${runtime})`, () => {
     let source: Registry;
     let proxy: FaultProxy;
+    /** The source registry again, with the OCI referrers API (test/support/referrers-proxy.ts). */
+    let sourceReferrers: ReferrersProxy;
     let backup: Registry;
     let backupSession: RegistrySession;
     let fn: CloneFunction;
@@ -60,12 +63,13 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
         startRegistry({ auth: 'token', allowForeignUrls: true }),
       ]);
       proxy = await startFaultProxy(source.url);
+      sourceReferrers = await startReferrersProxy(source.url);
       backupSession = registrySession(backup.url, { credentials: backup.credentials! });
       fn = await start({
         BACKUP_REGISTRY: backup.host,
         BACKUP_NAMESPACE: NAMESPACE,
         BACKUP_LAYOUT: 'flat',
-        INSECURE_REGISTRIES: `${proxy.host},${backup.host}`,
+        INSECURE_REGISTRIES: `${proxy.host},${sourceReferrers.host},${backup.host}`,
         REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [backup.host]: backup.credentials } }),
         CALLBACK_SECRET,
       });
@@ -74,6 +78,7 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
     afterAll(async () => {
       await fn?.stop();
       await proxy?.stop();
+      await sourceReferrers?.stop();
       await Promise.all([source?.stop(), backup?.stop()]);
     });
 
@@ -83,17 +88,21 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       return `${proxy.host}/${repo}:${tag}`;
     }
 
-    /** A second function whose backup is reached through a proxy of its own (to refuse or count requests). */
-    async function startBehindBackupProxy(): Promise<{ proxy: FaultProxy; fn: CloneFunction }> {
-      const backupProxy = await startFaultProxy(backup.url);
-      const behind = await start({
-        BACKUP_REGISTRY: backupProxy.host,
+    /** A second function whose backup registry is reached at `backupHost` (a proxy of the backup). */
+    async function startWithBackupAt(backupHost: string): Promise<CloneFunction> {
+      return start({
+        BACKUP_REGISTRY: backupHost,
         BACKUP_NAMESPACE: NAMESPACE,
         BACKUP_LAYOUT: 'flat',
-        INSECURE_REGISTRIES: `${proxy.host},${backupProxy.host}`,
-        REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [backupProxy.host]: backup.credentials } }),
+        INSECURE_REGISTRIES: `${proxy.host},${sourceReferrers.host},${backupHost}`,
+        REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [backupHost]: backup.credentials } }),
       });
-      return { proxy: backupProxy, fn: behind };
+    }
+
+    /** A second function whose backup is reached through a fault proxy of its own (to refuse or count requests). */
+    async function startBehindBackupProxy(): Promise<{ proxy: FaultProxy; fn: CloneFunction }> {
+      const backupProxy = await startFaultProxy(backup.url);
+      return { proxy: backupProxy, fn: await startWithBackupAt(backupProxy.host) };
     }
 
     async function clone(images: string[]): Promise<Result[]> {
@@ -197,6 +206,54 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       expect(JSON.parse(new TextDecoder().decode(tagIndex.bytes)).manifests.map((m: { digest: string }) => m.digest)).toEqual([
         signature.root.digest,
       ]);
+    });
+
+    it('copies the referrers a source lists through the referrers API: as a tag-scheme index into a backup without the API, as indexed manifests into one with it', async () => {
+      const image = ociImage(`${runtime}-listed`);
+      const signature = signatureArtifact(`${runtime}-listed-sig`, image.root);
+      await pushImage(source.url, 'listed/app', image, { tag: 'v1' });
+      // Through the referrers proxy, so that its API lists it; no tag-scheme index at the source.
+      await pushImage(sourceReferrers.url, 'listed/app', signature);
+      const reference = `${sourceReferrers.host}/listed/app:v1`;
+      const tagIndexAtSource = await fetchManifest(registrySession(source.url), 'listed/app', referrersTag(image.root.digest));
+      expect(tagIndexAtSource.status).toBe(404);
+
+      // 1. The backup has no referrers API: the copy keeps a tag-scheme index there.
+      const [result] = await clone([reference]);
+      await expectBackedUp(image, reference, result!);
+      const { repository } = expectedTarget(reference);
+      const copiedSignature = await fetchManifest(backupSession, repository, signature.root.digest);
+      expect(sha256Digest(copiedSignature.bytes)).toBe(signature.root.digest);
+      const tagIndex = await fetchManifest(backupSession, repository, referrersTag(image.root.digest));
+      expect(tagIndex.status).toBe(200);
+      const listed = JSON.parse(new TextDecoder().decode(tagIndex.bytes)) as {
+        manifests: { digest: string; artifactType?: string }[];
+      };
+      expect(listed.manifests.map((m) => m.digest)).toEqual([signature.root.digest]);
+
+      // 2. A backup with the API (a fresh repository behind a referrers proxy): it indexes the
+      // signature itself, so no tag-scheme index is pushed.
+      const backupReferrers = await startReferrersProxy(backup.url);
+      const viaReferrers = await startWithBackupAt(backupReferrers.host);
+      try {
+        const other = ociImage(`${runtime}-listed-2`);
+        const otherSignature = signatureArtifact(`${runtime}-listed-sig-2`, other.root);
+        await pushImage(source.url, 'listed/other', other, { tag: 'v1' });
+        await pushImage(sourceReferrers.url, 'listed/other', otherSignature);
+        const otherReference = `${sourceReferrers.host}/listed/other:v1`;
+        const [second] = (await viaReferrers.clone({ images: [otherReference] })).body.results as Result[];
+        expect(second!.status, second!.error).toBe('copied');
+        const otherRepository = expectedTarget(otherReference).repository;
+        const session = registrySession(backupReferrers.url, { credentials: backup.credentials! });
+        const answer = await session.fetch(`/v2/${otherRepository}/referrers/${other.root.digest}`);
+        expect(answer.status).toBe(200);
+        const index = (await answer.json()) as { manifests: { digest: string }[] };
+        expect(index.manifests.map((m) => m.digest)).toEqual([otherSignature.root.digest]);
+        expect((await fetchManifest(backupSession, otherRepository, referrersTag(other.root.digest))).status).toBe(404);
+      } finally {
+        await viaReferrers.stop();
+        await backupReferrers.stop();
+      }
     });
 
     it('fails an image whose blob does not match its digest, and pushes no manifest over it', async () => {
