@@ -122,6 +122,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     { port, mode: cloneClient.mode, backupRegistry: config.backup.registry, backupNamespace: config.backup.namespace },
     'bridge listening',
   );
+  if (config.callbackUnused !== undefined) logger.info({ reason: config.callbackUnused }, 'CALLBACK_URL not used');
 
   const startController = () => {
     const started = new Controller({

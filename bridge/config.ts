@@ -2,6 +2,7 @@
 // variable and what is wrong with it, never a secret's value.
 
 import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { backupLocation, ecrRegionOf, type BackupLayout, type BackupLocation } from '../functions/naming.ts';
@@ -14,6 +15,8 @@ export interface BridgeConfig {
   readonly callbackSecret: string;
   /** Where the function posts results; undefined: call the function synchronously (FaaS mode). */
   readonly callbackUrl: string | undefined;
+  /** Why a CALLBACK_URL that was set is not used (the function cannot reach it), for the start log. */
+  readonly callbackUnused?: string;
   readonly backup: BackupLocation;
   /** Always holds kube-system. */
   readonly ignoredNamespaces: ReadonlySet<string>;
@@ -181,12 +184,20 @@ export function loadConfig(env: Environment, sources: ConfigSources = {}): Bridg
     leaderElection = { enabled: true, namespace, identity, leaseName: LEASE_NAME };
   }
 
+  const functionUrl = values.FUNCTION_URL!.replace(/\/+$/, '');
+  const callbackUnused =
+    values.CALLBACK_URL !== undefined && !canReach(functionUrl, values.CALLBACK_URL)
+      ? `the function at ${new URL(functionUrl).host} is outside the cluster and cannot reach ` +
+        `${new URL(values.CALLBACK_URL).host}, a cluster Service: calling it synchronously`
+      : undefined;
+
   return {
     kubeconfig: values.KUBECONFIG,
-    functionUrl: values.FUNCTION_URL!.replace(/\/+$/, ''),
+    functionUrl,
     authToken: values.AUTH_TOKEN,
     callbackSecret: values.CALLBACK_SECRET,
-    callbackUrl: values.CALLBACK_URL,
+    callbackUrl: callbackUnused === undefined ? values.CALLBACK_URL : undefined,
+    ...(callbackUnused !== undefined && { callbackUnused }),
     backup,
     ignoredNamespaces: values.IGNORE_NAMESPACES,
     port: values.PORT,
@@ -196,6 +207,34 @@ export function loadConfig(env: Environment, sources: ConfigSources = {}): Bridg
     leaderElection,
     logLevel: values.LOG_LEVEL ?? 'info',
   };
+}
+
+/** A Kubernetes Service's DNS name (`name.namespace.svc`, `….svc.cluster.local`): resolvable only inside a cluster. */
+function isClusterServiceHost(host: string): boolean {
+  return /\.svc(\.|$)/.test(host.toLowerCase());
+}
+
+/**
+ * A function that is plainly not in the cluster: HTTPS to a public-style name (a Worker's
+ * `*.workers.dev` or a custom domain), not a Service name, a short name or an address. Where this
+ * says no by mistake (an in-cluster function behind TLS), the bridge keeps using callbacks as
+ * configured; where it says yes by mistake, it calls synchronously, which works everywhere.
+ */
+function isOutsideCluster(functionUrl: URL): boolean {
+  const host = functionUrl.hostname;
+  return (
+    functionUrl.protocol === 'https:' && host.includes('.') && !isClusterServiceHost(host) && !isIP(host.replace(/^\[|\]$/g, ''))
+  );
+}
+
+/**
+ * Whether a function at `functionUrl` can post to `callbackUrl`. The one case known not to work:
+ * the callback is a cluster Service name and the function is outside the cluster (a Worker). So
+ * switching FUNCTION_URL to a Worker is all it takes; a CALLBACK_URL the Worker can reach (an
+ * Ingress) is still used.
+ */
+export function canReach(functionUrl: string, callbackUrl: string): boolean {
+  return !(isClusterServiceHost(new URL(callbackUrl).hostname) && isOutsideCluster(new URL(functionUrl)));
 }
 
 function readServiceAccountNamespace(): string | undefined {

@@ -39,6 +39,33 @@ describe('bridge configuration', () => {
     expect([...config.ignoredNamespaces]).toEqual(['kube-system']);
   });
 
+  it('calls a function outside the cluster synchronously when its CALLBACK_URL is a cluster Service it cannot reach', () => {
+    const inCluster = 'http://image-cloner.image-clone-controller.svc:8080/callback';
+    const mode = (functionUrl: string, callbackUrl = inCluster) => {
+      const config = loadConfig({ ...minimal, FUNCTION_URL: functionUrl, CALLBACK_URL: callbackUrl });
+      return config.callbackUrl === undefined ? `synchronous: ${config.callbackUnused}` : 'callback';
+    };
+    // In the cluster, however it is named: callbacks as configured.
+    for (const functionUrl of [
+      'http://clone-function.image-clone-controller.svc:8080',
+      'https://clone-function.image-clone-controller.svc.cluster.local',
+      'http://clone-function:8080',
+      'http://clone-function.image-clone-controller:8080',
+      'https://10.96.12.7:8443',
+      'https://[fd00::1]:8443',
+    ]) {
+      expect(mode(functionUrl), functionUrl).toBe('callback');
+    }
+    // A Worker (or any public HTTPS name) cannot resolve a .svc name: only FUNCTION_URL changes.
+    expect(mode('https://image-clone.example-account.workers.dev')).toBe(
+      'synchronous: the function at image-clone.example-account.workers.dev is outside the cluster and cannot reach ' +
+        'image-cloner.image-clone-controller.svc:8080, a cluster Service: calling it synchronously',
+    );
+    expect(mode('https://clone.example.com/')).toMatch(/^synchronous/);
+    // A callback the Worker can reach (an Ingress) is still used.
+    expect(mode('https://image-clone.example-account.workers.dev', 'https://controller.example.com/callback')).toBe('callback');
+  });
+
   it('names every missing variable at once, without echoing secrets', () => {
     const message = error({ KUBECONFIG: '/k', AUTH_TOKEN: 'short-secret-value'.slice(0, 10) });
     expect(message).toContain('FUNCTION_URL is required');
