@@ -216,9 +216,10 @@ function isClusterServiceHost(host: string): boolean {
 
 /**
  * A function that is plainly not in the cluster: HTTPS to a public-style name (a Worker's
- * `*.workers.dev` or a custom domain), not a Service name, a short name or an address. Where this
- * says no by mistake (an in-cluster function behind TLS), the bridge keeps using callbacks as
- * configured; where it says yes by mistake, it calls synchronously, which works everywhere.
+ * `*.workers.dev` or a custom domain), not a Service name, a short name or an address. Taking an
+ * in-cluster function for an outside one (HTTPS to a public-style name) costs nothing: the bridge
+ * calls it synchronously, which works everywhere. The other way round (an outside function over
+ * plain HTTP) keeps the callbacks as configured.
  */
 function isOutsideCluster(functionUrl: URL): boolean {
   const host = functionUrl.hostname;
