@@ -4,7 +4,8 @@
 // fails a reconcile. Writes are bounded like client-go's broadcaster (a few at a time, at most
 // 1000 waiting, the rest dropped): a first sync of thousands of workloads records two events
 // each, and those must neither flood the API server ahead of the patches that matter nor pile up
-// in memory while it is slow.
+// in memory while it is slow. When the queue is full, a Warning (a failed backup) takes the place
+// of a waiting Normal event rather than being dropped.
 
 import type { KubeConfig } from '@kubernetes/client-node';
 import { createHash, randomBytes } from 'node:crypto';
@@ -39,7 +40,7 @@ export interface EventRecorderOptions {
   readonly maxTracked?: number;
   /** Events written at once (default 2). */
   readonly maxConcurrentWrites?: number;
-  /** Events waiting for a write beyond those (default 1000); more are dropped. */
+  /** Events waiting for a write beyond those (default 1000); more are dropped, Normal ones first. */
   readonly maxQueued?: number;
 }
 
@@ -61,7 +62,7 @@ export class EventRecorder implements EventSink {
   readonly #maxConcurrentWrites: number;
   readonly #maxQueued: number;
   #writing = 0;
-  readonly #waiting: (() => void)[] = [];
+  readonly #waiting: { readonly type: EventType; readonly start: (granted: boolean) => void }[] = [];
   #dropped = 0;
 
   constructor(options: EventRecorderOptions) {
@@ -80,23 +81,24 @@ export class EventRecorder implements EventSink {
   }
 
   record(object: InvolvedObject, type: EventType, reason: string, message: string): void {
-    if (this.#waiting.length >= this.#maxQueued) {
-      this.#dropped++;
-      // Once per burst rather than once per event: the first, then every thousandth.
-      if (this.#dropped % 1000 === 1) {
-        this.#logger.warn({ dropped: this.#dropped }, 'events dropped: the API server is not keeping up with them');
-      }
+    const slot = this.#acquire(type);
+    if (slot === undefined) {
+      this.#noteDropped();
       return;
     }
-    const write = this.#acquire()
-      .then(() => this.#write(object, type, reason, message.slice(0, 1024)))
-      .catch((error: unknown) => {
+    const write = slot.then(async (granted) => {
+      if (!granted) return; // a Warning took its place in the queue
+      try {
+        await this.#write(object, type, reason, message.slice(0, 1024));
+      } catch (error) {
         this.#logger.debug(
           { kind: object.kind, namespace: object.namespace, name: object.name, reason, error: describeError(error) },
           'event not recorded',
         );
-      })
-      .finally(() => this.#release());
+      } finally {
+        this.#release();
+      }
+    });
     this.#pending.add(write);
     void write.finally(() => this.#pending.delete(write));
   }
@@ -106,19 +108,39 @@ export class EventRecorder implements EventSink {
     await Promise.all([...this.#pending]);
   }
 
-  async #acquire(): Promise<void> {
+  /**
+   * A write slot: at once while fewer than maxConcurrentWrites are being written, else a place in
+   * the queue (resolving true when a finishing write hands its slot over, false when a Warning
+   * took the place). Undefined when the queue is full: a Warning then takes the place of the
+   * oldest waiting Normal event, if there is one, since failures matter more than successes.
+   */
+  #acquire(type: EventType): Promise<boolean> | undefined {
     if (this.#writing < this.#maxConcurrentWrites) {
       this.#writing++;
-      return;
+      return Promise.resolve(true);
     }
-    // A finishing write hands its slot over directly, so none is taken twice.
-    await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    if (this.#waiting.length >= this.#maxQueued) {
+      const normal = type === 'Warning' ? this.#waiting.findIndex((waiting) => waiting.type === 'Normal') : -1;
+      if (normal === -1) return undefined;
+      const [evicted] = this.#waiting.splice(normal, 1);
+      evicted!.start(false);
+      this.#noteDropped();
+    }
+    return new Promise<boolean>((start) => this.#waiting.push({ type, start }));
   }
 
   #release(): void {
     const next = this.#waiting.shift();
-    if (next !== undefined) next();
+    if (next !== undefined) next.start(true);
     else this.#writing--;
+  }
+
+  #noteDropped(): void {
+    this.#dropped++;
+    // Once per burst rather than once per event: the first, then every thousandth.
+    if (this.#dropped % 1000 === 1) {
+      this.#logger.warn({ dropped: this.#dropped }, 'events dropped: the API server is not keeping up with them');
+    }
   }
 
   async #write(object: InvolvedObject, type: EventType, reason: string, message: string): Promise<void> {

@@ -88,6 +88,33 @@ describe('EventRecorder', () => {
     expect(recorder.dropped).toBe(3);
   });
 
+  it('keeps a Warning when the queue is full, in place of the oldest waiting Normal event', async () => {
+    const server = await eventsServer();
+    servers.push(server);
+    const recorder = new EventRecorder({
+      kubeConfig: server.kubeConfig,
+      logger: pino({ level: 'silent' }),
+      instance: 'bridge-0',
+      maxConcurrentWrites: 1,
+      maxQueued: 2,
+    });
+    const on = (name: string) => ({ kind: 'Deployment' as const, namespace: 'shop', name });
+    recorder.record(on('n1'), 'Normal', 'BackedUp', 'ok'); // written at once
+    recorder.record(on('n2'), 'Normal', 'BackedUp', 'ok'); // waits
+    recorder.record(on('n3'), 'Normal', 'BackedUp', 'ok'); // waits: the queue is full
+    recorder.record(on('w1'), 'Warning', 'BackupFailed', 'no'); // takes n2's place
+    recorder.record(on('n4'), 'Normal', 'BackedUp', 'ok'); // dropped
+    const written: string[] = [];
+    for (let expected = 1; expected <= 3; expected++) {
+      await until(() => server.held.length >= 1);
+      written.push(...server.held.map((write) => (write.body.involvedObject as { name: string }).name));
+      server.answerAll();
+    }
+    await recorder.flush();
+    expect(written).toEqual(['n1', 'n3', 'w1']);
+    expect(recorder.dropped).toBe(2);
+  });
+
   it('counts a repeat on the existing Event instead of creating another', async () => {
     const server = await eventsServer();
     servers.push(server);
