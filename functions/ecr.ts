@@ -30,7 +30,7 @@ export class Ecr implements CredentialSource {
   readonly #now: () => number;
   #token: { credentials: Credentials; renewAt: number } | undefined;
   #pendingToken: Promise<Credentials> | undefined;
-  readonly #repositories = new Map<string, Promise<void>>();
+  readonly #repositories = new Map<string, Promise<boolean>>();
 
   constructor(options: EcrOptions) {
     this.#options = options;
@@ -72,20 +72,23 @@ export class Ecr implements CredentialSource {
     return credentials;
   }
 
-  /** Creates the repository once; one that already exists (a race, or an earlier run) is fine. */
-  ensureRepository(repository: string): Promise<void> {
-    let created = this.#repositories.get(repository);
-    if (!created) {
-      created = this.#create(repository).catch((error) => {
-        this.#repositories.delete(repository);
-        throw error;
-      });
-      this.#repositories.set(repository, created);
-    }
+  /**
+   * Creates the repository once; one that already exists (a race, or an earlier run) is fine.
+   * Resolves true for the one call that created it: that caller knows the repository is empty.
+   */
+  ensureRepository(repository: string): Promise<boolean> {
+    const earlier = this.#repositories.get(repository);
+    if (earlier) return earlier.then(() => false);
+    const created = this.#create(repository).catch((error: unknown) => {
+      this.#repositories.delete(repository);
+      throw error;
+    });
+    this.#repositories.set(repository, created);
     return created;
   }
 
-  async #create(repository: string): Promise<void> {
+  /** True when this call created the repository, false when it already existed. */
+  async #create(repository: string): Promise<boolean> {
     const { settings } = this.#options;
     const { sdk, client } = await this.#loadSdk();
     try {
@@ -101,8 +104,9 @@ export class Ecr implements CredentialSource {
           tags: [{ Key: 'created-by', Value: 'image-clone-controller' }],
         }),
       );
+      return true;
     } catch (error) {
-      if ((error as Error).name === 'RepositoryAlreadyExistsException') return;
+      if ((error as Error).name === 'RepositoryAlreadyExistsException') return false;
       throw new Error(`ECR CreateRepository ${repository}: ${(error as Error).name}: ${(error as Error).message}`);
     }
   }

@@ -49,8 +49,11 @@ export interface ImageCopierOptions {
   /** Blobs of one manifest copied at once (the process-wide bound is in the BlobCopier). */
   readonly blobConcurrency: number;
   readonly retryPolicy: RetryPolicy;
-  /** Runs before anything is pushed to a backup repository (ECR creates it). */
-  readonly prepareTarget?: (repository: string) => Promise<void>;
+  /**
+   * Runs before anything is pushed to a backup repository (ECR creates it); true when it has just
+   * created the repository, which is then known to be empty.
+   */
+  readonly prepareTarget?: (repository: string) => Promise<boolean | void>;
   readonly now?: () => number;
 }
 
@@ -173,13 +176,14 @@ export class ImageCopier {
     if ((await this.tagDigest(target, tag)) === digest) {
       return { source: sourceText, target: targetText, digest, status: 'exists', bytes: 0, ms: 0 };
     }
-    await this.#options.prepareTarget?.(target.repository);
-    const held = await this.hasManifest(target, digest);
+    const created = (await this.#options.prepareTarget?.(target.repository)) === true;
+    const held = !created && (await this.hasManifest(target, digest));
     if (held) {
       root = await this.fetchManifest(target, digest);
     } else {
       root ??= await this.fetchManifest(source, digest);
-      const fresh = (await this.repositoryExists(target)) ? undefined : { uploads: new Map<string, Promise<BlobOutcome>>() };
+      const empty = created || !(await this.repositoryExists(target));
+      const fresh = empty ? { uploads: new Map<string, Promise<BlobOutcome>>() } : undefined;
       await this.copyTree(source, target, root, digest, sourceText, emit, progress, fresh);
     }
     await this.#referrers.copy(source, target, digest, sourceText, emit, progress);

@@ -61,6 +61,7 @@ describe('ECR as the backup registry', () => {
   it('creates the nested repository with the configured settings, then copies into it', async () => {
     const image = ociIndexWithAttestations('ecr-index');
     await pushImage(source.url, 'team/app', image, { tag: '1.0' });
+    const before = ecr.registryRequests.length;
     const [result] = await clone(fn, [`${source.host}/team/app:1.0`]);
     const repository = `mirror/${source.host.replace(':', '_')}/team/app`;
     expect(result).toMatchObject({
@@ -74,6 +75,12 @@ describe('ECR as the backup registry', () => {
       encryption: { encryptionType: 'AES256' },
     });
     await expectInEcr(image, repository);
+    // Just created, so known to be empty: no blob or manifest in it was asked about (only the tag,
+    // before the repository was created).
+    const asked = ecr.registryRequests
+      .slice(before)
+      .filter((r) => (r.method === 'HEAD' && /\/(blobs|manifests)\/sha256:/.test(r.url)) || r.url.includes('/tags/list'));
+    expect(asked.map((r) => `${r.method} ${r.url}`)).toEqual([]);
     // Signed with SigV4 by the SDK's default credential chain (the environment here).
     expect(ecr.requests.filter((r) => r.operation === 'GetAuthorizationToken' && r.ok)).toHaveLength(1);
   });
