@@ -244,7 +244,9 @@ export class ImageCopier {
   /**
    * False only when the registry says the repository does not exist (404 NAME_UNKNOWN on its tag
    * list); anything else, a refusal or an error included, counts as "may exist", so the copy asks
-   * about each blob as usual.
+   * about each blob as usual. A registry may still say so after an interrupted copy left blobs
+   * but no tag (distribution does): the next copy then uploads them again, which costs bytes,
+   * never correctness.
    */
   async repositoryExists(repository: Repository): Promise<boolean> {
     try {
