@@ -62,7 +62,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   const metrics = bridgeMetrics();
   const ledger = new ImageLedger(options.tuning?.ledger);
   const identity = config.leaderElection.enabled ? config.leaderElection.identity : `bridge-${process.pid}`;
-  const events = new EventRecorder({ kubeConfig, logger, instance: identity });
+  const events = new EventRecorder({ kubeConfig, logger, instance: identity, onDropped: () => metrics.eventsDropped.inc() });
   let controller: Controller | undefined;
 
   const intake = new ResultIntake({

@@ -42,6 +42,8 @@ export interface EventRecorderOptions {
   readonly maxConcurrentWrites?: number;
   /** Events waiting for a write beyond those (default 1000); more are dropped, Normal ones first. */
   readonly maxQueued?: number;
+  /** Called for each event dropped (the bridge counts them in /metrics). */
+  readonly onDropped?: () => void;
 }
 
 interface Tracked {
@@ -61,6 +63,7 @@ export class EventRecorder implements EventSink {
   readonly #pending = new Set<Promise<void>>();
   readonly #maxConcurrentWrites: number;
   readonly #maxQueued: number;
+  readonly #onDropped: (() => void) | undefined;
   #writing = 0;
   readonly #waiting: { readonly type: EventType; readonly start: (granted: boolean) => void }[] = [];
   #dropped = 0;
@@ -73,6 +76,7 @@ export class EventRecorder implements EventSink {
     this.#maxTracked = options.maxTracked ?? 4096;
     this.#maxConcurrentWrites = options.maxConcurrentWrites ?? 2;
     this.#maxQueued = options.maxQueued ?? 1000;
+    this.#onDropped = options.onDropped;
   }
 
   /** Events dropped so far because too many were waiting. */
@@ -137,6 +141,7 @@ export class EventRecorder implements EventSink {
 
   #noteDropped(): void {
     this.#dropped++;
+    this.#onDropped?.();
     // Once per burst rather than once per event: the first, then every thousandth.
     if (this.#dropped % 1000 === 1) {
       this.#logger.warn({ dropped: this.#dropped }, 'events dropped: the API server is not keeping up with them');

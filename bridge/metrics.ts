@@ -149,6 +149,10 @@ export function bridgeMetrics(registry = new MetricsRegistry()) {
       'kind',
     ]),
     leader: registry.gauge(`${prefix}_leader`, '1 while this replica holds the leader lease.'),
+    eventsDropped: registry.counter(
+      `${prefix}_events_dropped_total`,
+      'Kubernetes Events not written because too many were waiting for the API server (Normal ones first).',
+    ),
   };
 }
 

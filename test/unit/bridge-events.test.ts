@@ -91,12 +91,14 @@ describe('EventRecorder', () => {
   it('keeps a Warning when the queue is full, in place of the oldest waiting Normal event', async () => {
     const server = await eventsServer();
     servers.push(server);
+    let dropped = 0;
     const recorder = new EventRecorder({
       kubeConfig: server.kubeConfig,
       logger: pino({ level: 'silent' }),
       instance: 'bridge-0',
       maxConcurrentWrites: 1,
       maxQueued: 2,
+      onDropped: () => dropped++,
     });
     const on = (name: string) => ({ kind: 'Deployment' as const, namespace: 'shop', name });
     recorder.record(on('n1'), 'Normal', 'BackedUp', 'ok'); // written at once
@@ -113,6 +115,7 @@ describe('EventRecorder', () => {
     await recorder.flush();
     expect(written).toEqual(['n1', 'n3', 'w1']);
     expect(recorder.dropped).toBe(2);
+    expect(dropped).toBe(2);
   });
 
   it('counts a repeat on the existing Event instead of creating another', async () => {
