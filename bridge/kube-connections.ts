@@ -6,7 +6,7 @@
 // client-node creates for a request is kept and handed to the requests that follow, and replaced
 // by a fresh one now and then, so that a rotated CA or client certificate (files client-node
 // reads again for each request) still takes effect; the replaced one closes once its requests,
-// a watch included, have ended.
+// a watch included, have ended (a minute after the switch, so that none is caught in between).
 
 import type { KubeConfig } from '@kubernetes/client-node';
 
@@ -21,6 +21,7 @@ export interface ConnectionReuseOptions {
 }
 
 const reused = new WeakSet<KubeConfig>();
+const CLOSE_DELAY_MS = 60_000;
 
 /** Makes `config` share one dispatcher across requests (idempotent); returns it for chaining. */
 export function reuseConnections(config: KubeConfig, options: ConnectionReuseOptions = {}): KubeConfig {
@@ -40,8 +41,9 @@ export function reuseConnections(config: KubeConfig, options: ConnectionReuseOpt
     if (shared === undefined || at - shared.since >= refreshMs) {
       const previous = shared?.dispatcher as Closable | undefined;
       shared = { dispatcher: created, since: at };
-      // close() lets requests in flight (a watch) finish, then releases the sockets.
-      void previous?.close?.().catch(() => {});
+      // close() lets requests in flight (a watch) finish, then releases the sockets. Later, not
+      // now: a request handed the previous dispatcher a moment ago may not have been sent yet.
+      if (previous !== undefined) setTimeout(() => void previous.close?.().catch(() => {}), CLOSE_DELAY_MS).unref();
       return;
     }
     context.setDispatcher(shared.dispatcher as typeof created);

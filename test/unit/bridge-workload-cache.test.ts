@@ -5,7 +5,7 @@ import {
   type KubernetesListObject,
   type KubernetesObject,
 } from '@kubernetes/client-node';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { decide } from '../../bridge/decide.ts';
 import { reuseConnections } from '../../bridge/kube-connections.ts';
 import { listInPages, slimWorkload } from '../../bridge/workload-cache.ts';
@@ -168,5 +168,24 @@ describe('reuseConnections', () => {
     now = 1_500;
     expect(await dispatcherOf(config)).toBe(second);
     expect(reuseConnections(config)).toBe(config);
+  });
+
+  it('closes a replaced dispatcher only a minute later, so a request just handed it still goes out', async () => {
+    vi.useFakeTimers();
+    try {
+      let now = 0;
+      const config = reuseConnections(tlsConfig(), { refreshMs: 1_000, now: () => now });
+      const first = (await dispatcherOf(config)) as { close: () => Promise<void> };
+      const close = vi.spyOn(first, 'close');
+      now = 1_000;
+      await dispatcherOf(config);
+      expect(close).not.toHaveBeenCalled();
+      vi.advanceTimersByTime(59_999);
+      expect(close).not.toHaveBeenCalled();
+      vi.advanceTimersByTime(1);
+      expect(close).toHaveBeenCalled();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
