@@ -2,7 +2,7 @@
 // a new undici Agent for each request (KubeConfig.applySecurityAuthentication → createDispatcher),
 // so every list, patch, event and watch opens its own TLS connection and leaves it open until it
 // idles out: at a few hundred calls per second that is a TLS handshake per call on both sides
-// and thousands of sockets held, hundreds of MiB of RSS (see docs/scale.md). Here the dispatcher
+// and thousands of sockets held (docs/scale.md). Here the dispatcher
 // client-node creates for a request is kept and handed to the requests that follow, and replaced
 // by a fresh one now and then, so that a rotated CA or client certificate (files client-node
 // reads again for each request) still takes effect; the replaced one closes once its requests,
