@@ -145,15 +145,3 @@ export class KubeApi {
     await this.#agent.close();
   }
 }
-
-/** Runs `task` for each item with at most `concurrency` at once; rejects on the first failure. */
-export async function inParallel<T>(items: readonly T[], concurrency: number, task: (item: T, index: number) => Promise<void>) {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const index = next++;
-      await task(items[index]!, index);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
-}

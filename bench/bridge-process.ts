@@ -7,6 +7,7 @@ import { closeSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleBridge } from '../scripts/bundle-bridge.ts';
+import { stopChild } from '../test/support/processes.ts';
 
 const repoRoot = fileURLToPath(new URL('../', import.meta.url));
 const CLOCK_TICKS = 100; // USER_HZ on Linux
@@ -116,12 +117,6 @@ export function spawnBridge(
     exited,
     samples,
     memory: () => memoryOf(pid),
-    stop: async (graceMs = 30_000) => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-      await exited;
-      clearTimeout(timer);
-    },
+    stop: (graceMs = 30_000) => stopChild(child, graceMs),
   };
 }

@@ -33,7 +33,8 @@ import { backupLocation } from '../functions/naming.ts';
 import { formatReference, parseReference } from '../functions/reference.ts';
 import { startKubeCluster, type KubeCluster } from '../test/support/kube-cluster.ts';
 import { freePort } from '../test/support/ports.ts';
-import { inParallel, KubeApi } from './bridge-kube-api.ts';
+import { mapLimit } from '../functions/copy/limit.ts';
+import { KubeApi } from './bridge-kube-api.ts';
 import { buildBridge, cpuSecondsOf, findProcesses, spawnBridge, type BridgeProcess } from './bridge-process.ts';
 import { backupOf, startStandIn, type StandIn } from './bridge-stand-in.ts';
 import { imagesOf, ReconcileTracker } from './bridge-tracker.ts';
@@ -306,7 +307,7 @@ async function calibrate(
   const count = Math.round(RATE * Math.min(DURATION_S, 10));
   await api.createNamespace(namespace);
   const objects = Array.from({ length: count }, (_, index) => ({ namespace, name: `calibration-${index}`, index }));
-  await inParallel(objects, CREATE_CONCURRENCY, async (target) => {
+  await mapLimit(objects, CREATE_CONCURRENCY, async (target) => {
     const manifest = deploymentManifest(target);
     const metadata = manifest.metadata as Record<string, unknown>;
     delete metadata.finalizers;
@@ -381,7 +382,7 @@ async function main(): Promise<void> {
     for (let index = 0; index < NAMESPACES; index++) await api.createNamespace(`bench-${index}`);
     log(`creating ${DEPLOYMENTS} Deployments in ${NAMESPACES} namespaces`);
     const createStarted = performance.now();
-    await inParallel(targets, CREATE_CONCURRENCY, async (target) => {
+    await mapLimit(targets, CREATE_CONCURRENCY, async (target) => {
       await api!.call('POST', `/apis/apps/v1/namespaces/${target.namespace}/deployments`, deploymentManifest(target));
     });
     const createMs = performance.now() - createStarted;

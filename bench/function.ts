@@ -5,10 +5,11 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import type { CloneResult } from '../functions/copy/image.ts';
 import { freePort } from '../test/support/ports.ts';
+import { stopChild } from '../test/support/processes.ts';
 import { cpuMs, processMemory, type Memory } from './proc.ts';
 
 export const PROJECT_ROOT = resolve(import.meta.dirname, '..');
@@ -16,15 +17,8 @@ export const PROJECT_ROOT = resolve(import.meta.dirname, '..');
 /** Environment variables passed through from the bench's own environment (for experiments). */
 const TUNABLES = ['IMAGE_CONCURRENCY', 'BLOB_CONCURRENCY', 'TRANSFER_CONCURRENCY', 'LOG_LEVEL'];
 
-export interface CloneResult {
-  source: string;
-  target?: string;
-  digest?: string;
-  status: 'copied' | 'exists' | 'failed';
-  bytes?: number;
-  ms: number;
-  error?: string;
-}
+/** One entry of the function's `results`, as the engine reports it. */
+export type { CloneResult } from '../functions/copy/image.ts';
 
 export interface BenchFunction {
   readonly pid: number;
@@ -93,14 +87,7 @@ export async function startBenchFunction(env: Record<string, string>): Promise<B
     },
     memory: () => processMemory(child.pid!),
     cpuMs: () => cpuMs(child.pid!),
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(timer);
-    },
+    stop: () => stopChild(child),
   };
 }
 

@@ -42,6 +42,7 @@ import {
 import { startKubeCluster, type KubeCluster } from '../support/kube-cluster.ts';
 import { freePort } from '../support/ports.ts';
 import { startRegistry, type Registry } from '../support/registry.ts';
+import { sleep, waitFor } from '../support/wait.ts';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** The controller's namespace, ServiceAccount and config objects, as k8s/ names them. */
@@ -655,29 +656,4 @@ export async function substitute(file: string, replacements: readonly (readonly 
   return text;
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Polls `probe` until it returns something other than undefined/false; the last error is reported. */
-export async function waitFor<T>(
-  what: string,
-  probe: () => Promise<T | undefined | false> | T | undefined | false,
-  timeoutMs = 60_000,
-  intervalMs = 200,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value !== undefined && value !== false) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    }
-    await sleep(intervalMs);
-  }
-}
+export { sleep, waitFor };

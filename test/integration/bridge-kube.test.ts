@@ -20,6 +20,7 @@ import { deliverCallback } from '../../functions/callback.ts';
 import { backupLocation, backupReference } from '../../functions/naming.ts';
 import { formatReference, parseReference } from '../../functions/reference.ts';
 import { startKubeCluster, type KubeCluster } from '../support/kube-cluster.ts';
+import { waitFor as poll } from '../support/wait.ts';
 
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 const AUTH_TOKEN = randomBytes(16).toString('hex');
@@ -127,19 +128,8 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 40_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value !== undefined && value !== false) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 150));
-  }
+function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 40_000): Promise<T> {
+  return poll(what, probe, timeoutMs, 150);
 }
 
 interface Workload {

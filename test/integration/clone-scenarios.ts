@@ -6,6 +6,7 @@ import { createHmac } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CloneResult } from '../../functions/copy/image.ts';
 import { backupLocation, backupReference } from '../../functions/naming.ts';
 import { parseReference, repositoryName } from '../../functions/reference.ts';
 import type { CloneFunction, FunctionEnv } from '../support/clone-function.ts';
@@ -36,15 +37,8 @@ import { corruptBlob, startRegistry, type Registry } from '../support/registry.t
 export const NAMESPACE = 'backupacct';
 const CALLBACK_SECRET = 'callback-secret-of-the-clone-tests';
 
-export interface Result {
-  source: string;
-  target?: string;
-  digest?: string;
-  status: 'copied' | 'exists' | 'failed';
-  bytes?: number;
-  ms: number;
-  error?: string;
-}
+/** One entry of the function's `results`, as the engine reports it. */
+export type Result = CloneResult;
 
 export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv) => Promise<CloneFunction>): void {
   describe(`clone scenarios (${runtime})`, () => {
@@ -141,6 +135,19 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       expect(sha256Digest(tagged.bytes)).toBe(image.root.digest);
     }
 
+    /** Copies `reference`; the backup then holds the image, its signature, and a tag-scheme index listing only that. */
+    async function expectCopiedWithTagIndex(image: TestImage, signature: TestImage, reference: string): Promise<void> {
+      const [result] = await clone([reference]);
+      await expectBackedUp(image, reference, result!);
+      const { repository } = expectedTarget(reference);
+      const copiedSignature = await fetchManifest(backupSession, repository, signature.root.digest);
+      expect(sha256Digest(copiedSignature.bytes)).toBe(signature.root.digest);
+      const tagIndex = await fetchManifest(backupSession, repository, referrersTag(image.root.digest));
+      expect(tagIndex.status).toBe(200);
+      const listed = JSON.parse(new TextDecoder().decode(tagIndex.bytes)) as { manifests: { digest: string }[] };
+      expect(listed.manifests.map((m) => m.digest)).toEqual([signature.root.digest]);
+    }
+
     const catalogue: Array<[string, () => TestImage]> = [
       ['a Docker manifest list with three platforms', () => dockerManifestList(`${runtime}-list`)],
       ['an OCI index with BuildKit attestation manifests', () => ociIndexWithAttestations(`${runtime}-attest`)],
@@ -196,16 +203,7 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       const index = referrersTagIndex([signature]);
       await pushImage(source.url, 'signed/app', index, { tag: referrersTag(image.root.digest) });
 
-      const [result] = await clone([reference]);
-      await expectBackedUp(image, reference, result!);
-      const { repository } = expectedTarget(reference);
-      const copiedSignature = await fetchManifest(backupSession, repository, signature.root.digest);
-      expect(sha256Digest(copiedSignature.bytes)).toBe(signature.root.digest);
-      const tagIndex = await fetchManifest(backupSession, repository, referrersTag(image.root.digest));
-      expect(tagIndex.status).toBe(200);
-      expect(JSON.parse(new TextDecoder().decode(tagIndex.bytes)).manifests.map((m: { digest: string }) => m.digest)).toEqual([
-        signature.root.digest,
-      ]);
+      await expectCopiedWithTagIndex(image, signature, reference);
     });
 
     it('copies the referrers a source lists through the referrers API: as a tag-scheme index into a backup without the API, as indexed manifests into one with it', async () => {
@@ -219,17 +217,7 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       expect(tagIndexAtSource.status).toBe(404);
 
       // 1. The backup has no referrers API: the copy keeps a tag-scheme index there.
-      const [result] = await clone([reference]);
-      await expectBackedUp(image, reference, result!);
-      const { repository } = expectedTarget(reference);
-      const copiedSignature = await fetchManifest(backupSession, repository, signature.root.digest);
-      expect(sha256Digest(copiedSignature.bytes)).toBe(signature.root.digest);
-      const tagIndex = await fetchManifest(backupSession, repository, referrersTag(image.root.digest));
-      expect(tagIndex.status).toBe(200);
-      const listed = JSON.parse(new TextDecoder().decode(tagIndex.bytes)) as {
-        manifests: { digest: string; artifactType?: string }[];
-      };
-      expect(listed.manifests.map((m) => m.digest)).toEqual([signature.root.digest]);
+      await expectCopiedWithTagIndex(image, signature, reference);
 
       // 2. A backup with the API (a fresh repository behind a referrers proxy): it indexes the
       // signature itself, so no tag-scheme index is pushed.

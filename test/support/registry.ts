@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTokenIssuer, type Credentials, type TokenIssuer, type TokenIssuerOptions } from './token-issuer.ts';
 import { freePort } from './ports.ts';
+import { stopChild } from './processes.ts';
 
 export type { Credentials } from './token-issuer.ts';
 
@@ -194,13 +195,4 @@ async function waitUntilServing(url: string, child: ChildProcess, logs: () => st
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return false;
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
 }

@@ -4,7 +4,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EventRecorder } from '../../bridge/events.ts';
+import { EventRecorder, type EventRecorderOptions } from '../../bridge/events.ts';
 
 /** A stand-in API server for events that answers only when told to, so writes can be held open. */
 async function eventsServer() {
@@ -47,6 +47,19 @@ async function eventsServer() {
   };
 }
 
+/** A recorder writing to `server`, silent, as replica bridge-0. */
+function recorderFor(
+  server: { kubeConfig: KubeConfig },
+  options: Partial<Omit<EventRecorderOptions, 'kubeConfig' | 'logger' | 'instance'>> = {},
+): EventRecorder {
+  return new EventRecorder({
+    kubeConfig: server.kubeConfig,
+    logger: pino({ level: 'silent' }),
+    instance: 'bridge-0',
+    ...options,
+  });
+}
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** Waits (up to 5 s) for the writes in flight to reach the server. */
 async function until(condition: () => boolean): Promise<void> {
@@ -66,10 +79,7 @@ describe('EventRecorder', () => {
   it('writes a few events at a time, queues a bounded number and drops the rest', async () => {
     const server = await eventsServer();
     servers.push(server);
-    const recorder = new EventRecorder({
-      kubeConfig: server.kubeConfig,
-      logger: pino({ level: 'silent' }),
-      instance: 'bridge-0',
+    const recorder = recorderFor(server, {
       maxConcurrentWrites: 2,
       maxQueued: 3,
     });
@@ -92,10 +102,7 @@ describe('EventRecorder', () => {
     const server = await eventsServer();
     servers.push(server);
     let dropped = 0;
-    const recorder = new EventRecorder({
-      kubeConfig: server.kubeConfig,
-      logger: pino({ level: 'silent' }),
-      instance: 'bridge-0',
+    const recorder = recorderFor(server, {
       maxConcurrentWrites: 1,
       maxQueued: 2,
       onDropped: () => dropped++,
@@ -121,11 +128,7 @@ describe('EventRecorder', () => {
   it('counts a repeat on the existing Event instead of creating another', async () => {
     const server = await eventsServer();
     servers.push(server);
-    const recorder = new EventRecorder({
-      kubeConfig: server.kubeConfig,
-      logger: pino({ level: 'silent' }),
-      instance: 'bridge-0',
-    });
+    const recorder = recorderFor(server);
     const object = { kind: 'DaemonSet' as const, namespace: 'ops', name: 'agent', uid: 'u-1' };
     recorder.record(object, 'Warning', 'BackupFailed', 'registry unreachable');
     await until(() => server.held.length === 1);
