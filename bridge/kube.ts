@@ -54,8 +54,8 @@ export interface WorkloadApi {
   readonly kind: WorkloadKind;
   /** The collection across all namespaces, as the informer watches it. */
   readonly watchPath: string;
-  /** Without a limit, the whole collection in one answer; with one, a page (next: metadata._continue). */
-  list(page?: ListPageOptions): Promise<KubernetesListObject<KubernetesObject>>;
+  /** One page of the collection (the next one's token: metadata._continue). */
+  list(page: ListPageOptions): Promise<KubernetesListObject<KubernetesObject>>;
   /** The object as stored now, or undefined when it does not exist. */
   read(namespace: string, name: string): Promise<Workload | undefined>;
   patch(namespace: string, name: string, operations: readonly JsonPatchOperation[]): Promise<Workload>;
@@ -126,7 +126,7 @@ export function workloadApis(config: KubeConfig, timeoutMs = API_TIMEOUT_MS): Re
   const api = (kind: WorkloadKind, plural: string): WorkloadApi => ({
     kind,
     watchPath: `/apis/apps/v1/${plural}`,
-    list: async (page = {}) => {
+    list: async (page) => {
       const query = new URLSearchParams();
       if (page.limit !== undefined) query.set('limit', String(page.limit));
       if (page.continue !== undefined) query.set('continue', page.continue);

@@ -112,7 +112,8 @@ class ProjectingWatch extends Watch {
 
 /**
  * Same contract as client-node's makeInformer (list, then watch; a cache of the collection), with
- * the cache holding projected workloads only.
+ * the cache holding projected workloads only: watch events are projected here, and the list comes
+ * projected from `listPromiseFn` (listInPages, page by page).
  */
 export function makeSlimInformer<T extends KubernetesObject>(
   kubeConfig: KubeConfig,
@@ -120,9 +121,5 @@ export function makeSlimInformer<T extends KubernetesObject>(
   listPromiseFn: ListPromise<T>,
   labelSelector?: string,
 ): Informer<T> & ObjectCache<T> {
-  const list: ListPromise<T> = async () => {
-    const listed = await listPromiseFn();
-    return { ...listed, items: listed.items.map((item) => slimWorkload(item) as T) };
-  };
-  return new ListWatch<T>(path, new ProjectingWatch(kubeConfig), list, false, labelSelector);
+  return new ListWatch<T>(path, new ProjectingWatch(kubeConfig), listPromiseFn, false, labelSelector);
 }

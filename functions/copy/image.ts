@@ -215,26 +215,19 @@ export class ImageCopier {
       await this.copyTree(source, target, fetched, child.digest, sourceText, emit, progress, fresh);
     });
     await mapLimit(parsed.blobs, this.#options.blobConcurrency, async (blob) => {
-      let reported = 0;
-      const transfer = () =>
-        this.#options.blobs.copy(
-          source,
-          target,
-          blob,
-          (done) => {
-            if (done - reported >= PROGRESS_STEP || done === blob.size) {
-              reported = done;
-              emit({ type: 'blob', source: sourceText, digest: blob.digest, done, total: blob.size });
-            }
-          },
-          { absent: fresh !== undefined },
-        );
       const underway = fresh?.uploads.get(blob.digest);
       if (underway !== undefined) {
         await underway; // another manifest of this image uploads it: wait, count it once
         return;
       }
-      const copying = transfer();
+      let reported = 0;
+      const onBytes = (done: number) => {
+        if (done - reported >= PROGRESS_STEP || done === blob.size) {
+          reported = done;
+          emit({ type: 'blob', source: sourceText, digest: blob.digest, done, total: blob.size });
+        }
+      };
+      const copying = this.#options.blobs.copy(source, target, blob, onBytes, { absent: fresh !== undefined });
       fresh?.uploads.set(blob.digest, copying);
       if ((await copying) === 'uploaded') progress.bytes += blob.size;
     });
