@@ -13,7 +13,7 @@
 //
 // Options: --runs N (default 3), --scenarios a,b,c,d, --tools function,skopeo,crane,regctl,
 // --big-mib N (layer size of (d), default 160), --json FILE (all measurements).
-// BLOB_CONCURRENCY, TRANSFER_CONCURRENCY, IMAGE_CONCURRENCY and LOG_LEVEL in the environment are
+// BLOB_CONCURRENCY, TRANSFER_CONCURRENCY, SMALL_BLOBS_PER_SLOT, IMAGE_CONCURRENCY and LOG_LEVEL in the environment are
 // passed to the function; its node gets the flags of package.json's start script (as npm start
 // and the container run it) plus BENCH_NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=DIR").
 
@@ -328,7 +328,7 @@ async function main(): Promise<void> {
   // Page the peers' binaries in before anything is timed.
   for (const peer of peers) execFileSync(peer.path, [peer.name === 'skopeo' ? '--version' : 'version'], { stdio: 'ignore' });
 
-  const settings = ['LOG_LEVEL', 'IMAGE_CONCURRENCY', 'BLOB_CONCURRENCY', 'TRANSFER_CONCURRENCY']
+  const settings = ['LOG_LEVEL', 'IMAGE_CONCURRENCY', 'BLOB_CONCURRENCY', 'TRANSFER_CONCURRENCY', 'SMALL_BLOBS_PER_SLOT']
     .filter((name) => process.env[name])
     .map((name) => `${name}=${process.env[name]}`);
   const nodeOptions = [...startFlags(), process.env.BENCH_NODE_OPTIONS ?? ''].join(' ').trim();

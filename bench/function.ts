@@ -15,7 +15,7 @@ import { cpuMs, processMemory, type Memory } from './proc.ts';
 export const PROJECT_ROOT = resolve(import.meta.dirname, '..');
 
 /** Environment variables passed through from the bench's own environment (for experiments). */
-const TUNABLES = ['IMAGE_CONCURRENCY', 'BLOB_CONCURRENCY', 'TRANSFER_CONCURRENCY', 'LOG_LEVEL'];
+const TUNABLES = ['IMAGE_CONCURRENCY', 'BLOB_CONCURRENCY', 'TRANSFER_CONCURRENCY', 'SMALL_BLOBS_PER_SLOT', 'LOG_LEVEL'];
 
 /** One entry of the function's `results`, as the engine reports it. */
 export type { CloneResult } from '../functions/copy/image.ts';

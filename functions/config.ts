@@ -19,6 +19,8 @@ export interface FunctionConfig {
   readonly blobConcurrency: number;
   /** Blob transfers at once in the whole process. */
   readonly transferConcurrency: number;
+  /** Blobs under 1 MiB that share one slot of blobConcurrency and transferConcurrency. */
+  readonly smallBlobsPerSlot: number;
   readonly callbackSecret: string | undefined;
   readonly callbackDeadlineSeconds: number;
   readonly ecr: EcrSettings;
@@ -95,6 +97,7 @@ const environment = z.object({
   IMAGE_CONCURRENCY: integer(3, 1, 64),
   BLOB_CONCURRENCY: integer(4, 1, 64),
   TRANSFER_CONCURRENCY: integer(8, 1, 256),
+  SMALL_BLOBS_PER_SLOT: integer(4, 1, 16),
   CALLBACK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   CALLBACK_DEADLINE_SECONDS: integer(900, 1, 86_400),
   ECR_REGION: z
@@ -153,6 +156,7 @@ export function loadConfig(env: Environment, registryAuthFile?: string): Functio
     imageConcurrency: values.IMAGE_CONCURRENCY,
     blobConcurrency: values.BLOB_CONCURRENCY,
     transferConcurrency: values.TRANSFER_CONCURRENCY,
+    smallBlobsPerSlot: values.SMALL_BLOBS_PER_SLOT,
     callbackSecret: values.CALLBACK_SECRET,
     callbackDeadlineSeconds: values.CALLBACK_DEADLINE_SECONDS,
     ecr: {

@@ -73,7 +73,8 @@ export function createEngine(options: EngineOptions): CloneEngine {
     client,
     runtime: options.runtime,
     known: new KnownBlobs(),
-    transfers: new Semaphore(config.transferConcurrency),
+    transfers: new Semaphore(config.transferConcurrency * config.smallBlobsPerSlot),
+    smallBlobsPerSlot: config.smallBlobsPerSlot,
     retryPolicy,
     onRetry: logRetry,
   });
@@ -83,6 +84,7 @@ export function createEngine(options: EngineOptions): CloneEngine {
     backup: config.backup,
     logger,
     blobConcurrency: config.blobConcurrency,
+    smallBlobsPerSlot: config.smallBlobsPerSlot,
     retryPolicy,
     ...(ecr && { prepareTarget: (repository: string) => ecr.ensureRepository(repository) }),
   });

@@ -46,8 +46,12 @@ const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304]);
  * Redirects are never followed here (the engine follows them itself, without Authorization on
  * another host), as with redirect: 'manual'.
  */
-function registryFetch(): FetchLike {
-  const dispatcher = new Agent({ connections: 16, keepAliveTimeout: 30_000, connectTimeout: 15_000 });
+function registryFetch(config: FunctionConfig): FetchLike {
+  // Every blob transfer may hold two connections to one registry (a download, and an upload whose
+  // body is that download) when source and backup share a host: a pool smaller than that could
+  // fill with uploads waiting for downloads that wait for a connection. Idle ones close after 30 s.
+  const transfers = config.transferConcurrency * config.smallBlobsPerSlot;
+  const dispatcher = new Agent({ connections: 2 * transfers + 8, keepAliveTimeout: 30_000, connectTimeout: 15_000 });
   return async (input, init = {}) => {
     const url = new URL(input instanceof Request ? input.url : input);
     const method = (init.method ?? 'GET').toUpperCase() as Dispatcher.HttpMethod;
@@ -66,7 +70,10 @@ function registryFetch(): FetchLike {
       for (const item of Array.isArray(value) ? value : [value]) if (item !== undefined) headers.append(name, item);
     }
     let body: ReadableStream<Uint8Array> | null = null;
-    if (method === 'HEAD' || NULL_BODY_STATUSES.has(response.statusCode)) await response.body.dump();
+    // An answer with nothing to read (every upload POST and PUT) gets no stream: reading it to the
+    // end here returns the connection, and cancelling a stream nobody read would abort it instead.
+    const empty = method === 'HEAD' || NULL_BODY_STATUSES.has(response.statusCode) || response.headers['content-length'] === '0';
+    if (empty) await response.body.dump();
     else body = webStream(response.body);
     return new Response(body, { status: response.statusCode, headers });
   };
@@ -136,7 +143,7 @@ export function startFunction(env: NodeJS.ProcessEnv = process.env) {
   const config = readConfig(env);
   const logger = pino({ level: config.logLevel, base: { component: 'clone-function' } });
   const metrics = createFunctionMetrics();
-  const fetch = registryFetch();
+  const fetch = registryFetch(config);
   const engine = createEngine({
     config,
     fetch,

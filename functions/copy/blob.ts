@@ -22,6 +22,17 @@ export interface Runtime {
 export type BlobOutcome = 'present' | 'mounted' | 'uploaded';
 
 /**
+ * Below this size a blob's copy costs round trips (a GET, a POST, a PUT) far more than bytes, so
+ * `smallPerSlot` of them share one slot of BLOB_CONCURRENCY and TRANSFER_CONCURRENCY.
+ */
+export const SMALL_BLOB_BYTES = 1024 * 1024;
+
+/** Units of a slot a blob takes, where one slot is `smallPerSlot` units. */
+export function blobUnits(size: number, smallPerSlot: number): number {
+  return size < SMALL_BLOB_BYTES ? 1 : smallPerSlot;
+}
+
+/**
  * Where blobs were last seen in the backup registry, so a blob already held by one backup repository
  * is mounted into another instead of uploaded again. Bounded; forgets the oldest first.
  */
@@ -53,8 +64,9 @@ export interface BlobCopierOptions {
   readonly client: RegistryClient;
   readonly runtime: Runtime;
   readonly known: KnownBlobs;
-  /** Bounds blob transfers across every copy in this process. */
+  /** Bounds blob transfers across every copy in this process: TRANSFER_CONCURRENCY slots of `smallBlobsPerSlot` units. */
   readonly transfers: Semaphore;
+  readonly smallBlobsPerSlot: number;
   readonly retryPolicy: RetryPolicy;
   readonly onRetry?: (info: { what: string; attempt: number; delayMs: number; error: unknown }) => void;
   /** Bytes per PATCH for registries that need chunked uploads (default 16 MiB). */
@@ -82,12 +94,14 @@ export class BlobCopier {
     options: { readonly absent?: boolean } = {},
   ): Promise<BlobOutcome> {
     const what = `blob ${blob.digest} of ${source.registry}/${source.repository}`;
-    return this.#options.transfers.run(() =>
-      withRetries(() => this.#copyOnce(source, target, blob, what, onBytes, options.absent === true), {
-        policy: this.#options.retryPolicy,
-        classify: classifyError,
-        onRetry: (info) => this.#options.onRetry?.({ what, ...info }),
-      }),
+    return this.#options.transfers.run(
+      () =>
+        withRetries(() => this.#copyOnce(source, target, blob, what, onBytes, options.absent === true), {
+          policy: this.#options.retryPolicy,
+          classify: classifyError,
+          onRetry: (info) => this.#options.onRetry?.({ what, ...info }),
+        }),
+      blobUnits(blob.size, this.#options.smallBlobsPerSlot),
     );
   }
 
@@ -202,7 +216,8 @@ export class BlobCopier {
       }
       throw verifier.failure ?? error;
     } finally {
-      downloadControl.abort();
+      // A download read to its end is finished; aborting it anyway would only build an error.
+      if (!verifier.verified) downloadControl.abort();
     }
     await discard(upload);
     known.remember(target.registry, target.repository, blob.digest);

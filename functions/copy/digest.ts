@@ -27,6 +27,8 @@ export function digestOf(bytes: Uint8Array, like = 'sha256:'): string {
 export class DigestVerifier {
   readonly stream: TransformStream<Uint8Array, Uint8Array>;
   failure: Error | undefined;
+  /** The whole content went by and matched. */
+  verified = false;
 
   constructor(digest: string, size: number, what: string, onBytes?: (done: number) => void) {
     const algorithm = hashName(digest);
@@ -38,7 +40,7 @@ export class DigestVerifier {
       throw error;
     };
     this.stream = new TransformStream({
-      transform(chunk, controller) {
+      transform: (chunk, controller) => {
         done += chunk.byteLength;
         if (done > size) fail(new DigestMismatchError(what, `${size} bytes`, 'more'));
         hash.update(chunk);
@@ -46,10 +48,11 @@ export class DigestVerifier {
         held = chunk;
         onBytes?.(done);
       },
-      flush(controller) {
+      flush: (controller) => {
         if (done !== size) fail(new DigestMismatchError(what, `${size} bytes`, `${done} bytes`));
         const actual = `${algorithm}:${hash.digest('hex')}`;
         if (actual !== digest) fail(new DigestMismatchError(what, digest, actual));
+        this.verified = true;
         if (held) controller.enqueue(held);
       },
     });

@@ -8,9 +8,9 @@ import { pullScope, pushScope } from '../registry/auth.ts';
 import { discard, type RegistryClient } from '../registry/client.ts';
 import { classifyError, describeError, PermanentError, RegistryError } from '../registry/errors.ts';
 import { withRetries, type RetryPolicy } from '../registry/retry.ts';
-import type { BlobCopier, BlobOutcome, Repository } from './blob.ts';
+import { blobUnits, type BlobCopier, type BlobOutcome, type Repository } from './blob.ts';
 import { digestOf } from './digest.ts';
-import { mapLimit } from './limit.ts';
+import { mapLimit, Semaphore } from './limit.ts';
 import { MANIFEST_ACCEPT, MANIFEST_SIZE_LIMIT, parseManifest, type Descriptor } from './manifest.ts';
 import { ReferrerCopier } from './referrers.ts';
 
@@ -48,6 +48,8 @@ export interface ImageCopierOptions {
   readonly logger: Logger;
   /** Blobs of one manifest copied at once (the process-wide bound is in the BlobCopier). */
   readonly blobConcurrency: number;
+  /** Small blobs (see SMALL_BLOB_BYTES) that share one of those slots. */
+  readonly smallBlobsPerSlot: number;
   readonly retryPolicy: RetryPolicy;
   /**
    * Runs before anything is pushed to a backup repository (ECR creates it); true when it has just
@@ -214,7 +216,9 @@ export class ImageCopier {
       const fetched = await this.fetchManifest(source, child.digest);
       await this.copyTree(source, target, fetched, child.digest, sourceText, emit, progress, fresh);
     });
-    await mapLimit(parsed.blobs, this.#options.blobConcurrency, async (blob) => {
+    const { blobConcurrency, smallBlobsPerSlot } = this.#options;
+    const slots = new Semaphore(blobConcurrency * smallBlobsPerSlot);
+    const copyBlob = async (blob: Descriptor) => {
       const underway = fresh?.uploads.get(blob.digest);
       if (underway !== undefined) {
         await underway; // another manifest of this image uploads it: wait, count it once
@@ -230,7 +234,22 @@ export class ImageCopier {
       const copying = this.#options.blobs.copy(source, target, blob, onBytes, { absent: fresh !== undefined });
       fresh?.uploads.set(blob.digest, copying);
       if ((await copying) === 'uploaded') progress.bytes += blob.size;
-    });
+    };
+    let failed = false;
+    await Promise.all(
+      parsed.blobs.map((blob) =>
+        slots.run(
+          async () => {
+            if (failed) return; // the image has failed already: blobs still waiting are not worth copying
+            await copyBlob(blob).catch((error: unknown) => {
+              failed = true;
+              throw error;
+            });
+          },
+          blobUnits(blob.size, smallBlobsPerSlot),
+        ),
+      ),
+    );
     return this.pushManifest(target, reference, manifest);
   }
 

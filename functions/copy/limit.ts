@@ -1,28 +1,49 @@
-/** A counting semaphore: at most `size` holders at once, the rest wait in order. */
+/**
+ * A counting semaphore over `size` units. A holder takes one unit or more; waiters go in order, so
+ * a holder that needs many units is never passed over by smaller ones queued behind it.
+ */
 export class Semaphore {
   readonly #size: number;
-  #active = 0;
-  readonly #waiting: Array<() => void> = [];
+  #used = 0;
+  readonly #waiting: Array<{ units: number; resume: () => void }> = [];
 
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1) throw new RangeError(`semaphore size must be a positive integer, got ${size}`);
     this.#size = size;
   }
 
-  get active(): number {
-    return this.#active;
+  get size(): number {
+    return this.#size;
   }
 
-  async run<T>(task: () => Promise<T>): Promise<T> {
-    if (this.#active >= this.#size) await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    else this.#active++;
+  /** Units held now. */
+  get used(): number {
+    return this.#used;
+  }
+
+  async run<T>(task: () => Promise<T>, units = 1): Promise<T> {
+    if (!Number.isInteger(units) || units < 1 || units > this.#size) {
+      throw new RangeError(`a holder takes 1 to ${this.#size} units, not ${units}`);
+    }
+    if (this.#waiting.length > 0 || this.#used + units > this.#size) {
+      // Counted in #used by #wake before it resumes us.
+      await new Promise<void>((resume) => this.#waiting.push({ units, resume }));
+    } else {
+      this.#used += units;
+    }
     try {
       return await task();
     } finally {
-      const next = this.#waiting.shift();
-      // The slot passes straight to the next waiter, so #active stays counted.
-      if (next) next();
-      else this.#active--;
+      this.#used -= units;
+      this.#wake();
+    }
+  }
+
+  #wake(): void {
+    while (this.#waiting.length > 0 && this.#used + this.#waiting[0]!.units <= this.#size) {
+      const next = this.#waiting.shift()!;
+      this.#used += next.units;
+      next.resume();
     }
   }
 }

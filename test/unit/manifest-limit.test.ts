@@ -25,6 +25,7 @@ function copierServing(body: () => ReadableStream<Uint8Array>, headers: Record<s
     runtime: { sizedBody: (s) => s },
     known: new KnownBlobs(),
     transfers: new Semaphore(1),
+    smallBlobsPerSlot: 1,
     retryPolicy: policy,
   });
   return new ImageCopier({
@@ -33,6 +34,7 @@ function copierServing(body: () => ReadableStream<Uint8Array>, headers: Record<s
     backup: backupLocation('backup.example', 'ns'),
     logger: silent,
     blobConcurrency: 1,
+    smallBlobsPerSlot: 1,
     retryPolicy: policy,
   });
 }
