@@ -12,7 +12,7 @@ import { blobUnits, type BlobCopier, type BlobOutcome, type Repository } from '.
 import { digestOf } from './digest.ts';
 import { mapLimit, Semaphore } from './limit.ts';
 import { MANIFEST_ACCEPT, MANIFEST_SIZE_LIMIT, parseManifest, type Descriptor } from './manifest.ts';
-import { ReferrerCopier } from './referrers.ts';
+import { noReferrers, ReferrerCopier } from './referrers.ts';
 
 export type CloneStatus = 'copied' | 'exists' | 'failed';
 
@@ -178,6 +178,9 @@ export class ImageCopier {
     if ((await this.tagDigest(target, tag)) === digest) {
       return { source: sourceText, target: targetText, digest, status: 'exists', bytes: 0, ms: 0 };
     }
+    const referrers = await this.#referrers.find(source, digest);
+    // With nothing to copy between the image and its tag, the image is pushed once, by tag.
+    const pushAs = noReferrers(referrers) ? tag : digest;
     const created = (await this.#options.prepareTarget?.(target.repository)) === true;
     const held = !created && (await this.hasManifest(target, digest));
     if (held) {
@@ -186,10 +189,10 @@ export class ImageCopier {
       root ??= await this.fetchManifest(source, digest);
       const empty = created || !(await this.repositoryExists(target));
       const fresh = empty ? { uploads: new Map<string, Promise<BlobOutcome>>() } : undefined;
-      await this.copyTree(source, target, root, digest, sourceText, emit, progress, fresh);
+      await this.copyTree(source, target, root, pushAs, sourceText, emit, progress, fresh);
     }
-    await this.#referrers.copy(source, target, digest, sourceText, emit, progress);
-    await this.pushManifest(target, tag, root);
+    await this.#referrers.copy(referrers, source, target, sourceText, emit, progress);
+    if (held || pushAs !== tag) await this.pushManifest(target, tag, root);
     return { source: sourceText, target: targetText, digest, status: held ? 'exists' : 'copied', bytes: progress.bytes, ms: 0 };
   }
 

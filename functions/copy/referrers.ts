@@ -13,6 +13,23 @@ import { MANIFEST_SIZE_LIMIT, MEDIA_TYPES, parseManifest, type Descriptor } from
 
 const COSIGN_SUFFIXES = ['sig', 'att', 'sbom'];
 
+/** What refers to an image in its source repository, found before the copy. */
+export interface FoundReferrers {
+  /** The image's digest. */
+  readonly digest: string;
+  /** Listed by the referrers API, or by the tag-scheme index. */
+  readonly referrers: readonly Descriptor[];
+  /** The source's tag-scheme index, where it has one and no referrers API. */
+  readonly tagIndex: FetchedManifest | undefined;
+  /** cosign's signature, attestation and SBOM tags present in the source. */
+  readonly cosign: ReadonlyArray<{ readonly tag: string; readonly manifest: FetchedManifest }>;
+}
+
+/** True when nothing refers to the image: it can be pushed under its tag at once. */
+export function noReferrers(found: FoundReferrers): boolean {
+  return found.referrers.length === 0 && found.cosign.length === 0;
+}
+
 export class ReferrerCopier {
   readonly #images: ImageCopier;
 
@@ -20,19 +37,30 @@ export class ReferrerCopier {
     this.#images = images;
   }
 
-  async copy(
-    source: Repository,
-    target: Repository,
-    digest: string,
-    sourceText: string,
-    emit: EmitEvent,
-    progress: { bytes: number },
-  ): Promise<void> {
+  async find(source: Repository, digest: string): Promise<FoundReferrers> {
     const schemeTag = digest.replace(':', '-');
     const listed = await this.#listReferrers(source, digest);
     const tagIndex = listed === undefined ? await this.#fetchIfPresent(source, schemeTag) : undefined;
     const referrers = listed ?? (tagIndex ? parseManifest(tagIndex.bytes, tagIndex.mediaType).manifests : []);
+    const cosign: Array<{ tag: string; manifest: FetchedManifest }> = [];
+    for (const suffix of COSIGN_SUFFIXES) {
+      const tag = `${schemeTag}.${suffix}`;
+      const manifest = await this.#fetchIfPresent(source, tag);
+      if (manifest) cosign.push({ tag, manifest });
+    }
+    return { digest, referrers, tagIndex, cosign };
+  }
 
+  /** Copies what `find` found into `target`, which holds the image by digest already. */
+  async copy(
+    found: FoundReferrers,
+    source: Repository,
+    target: Repository,
+    sourceText: string,
+    emit: EmitEvent,
+    progress: { bytes: number },
+  ): Promise<void> {
+    const { digest, referrers, tagIndex } = found;
     let targetIndexesReferrers = false;
     for (const referrer of referrers) {
       if (await this.#images.hasManifest(target, referrer.digest)) continue;
@@ -42,13 +70,10 @@ export class ReferrerCopier {
       if (pushed.headers.has('oci-subject')) targetIndexesReferrers = true;
     }
     if (referrers.length > 0 && !targetIndexesReferrers && !(await this.#supportsReferrersApi(target, digest))) {
-      await this.#updateTagIndex(target, schemeTag, referrers, tagIndex);
+      await this.#updateTagIndex(target, digest.replace(':', '-'), referrers, tagIndex);
     }
 
-    for (const suffix of COSIGN_SUFFIXES) {
-      const tag = `${schemeTag}.${suffix}`;
-      const manifest = await this.#fetchIfPresent(source, tag);
-      if (!manifest) continue;
+    for (const { tag, manifest } of found.cosign) {
       if (!(await this.#images.hasManifest(target, manifest.digest))) {
         await this.#images.copyTree(source, target, manifest, manifest.digest, sourceText, emit, progress);
       }

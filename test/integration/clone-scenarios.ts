@@ -344,6 +344,14 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
         const puts = watched.requests.filter((r) => r.method === 'PUT' && r.url.includes('/blobs/uploads/'));
         expect(puts).toHaveLength(image.blobs.length);
         expect(first!.bytes).toBe(image.blobs.reduce((sum, blob) => sum + blob.bytes.length, 0));
+        // Every manifest is pushed once: the platforms by digest, then the list, which nothing
+        // refers to, straight under its tag.
+        const manifestPuts = watched.requests.filter((r) => r.method === 'PUT' && r.url.includes('/manifests/'));
+        const tag = /:([^:@/]+)@/.exec(first!.target!)![1];
+        expect(manifestPuts.map((r) => r.url.slice(r.url.lastIndexOf('/') + 1))).toEqual([
+          ...image.manifests.slice(0, -1).map(() => expect.stringMatching(/^sha256:/)),
+          tag,
+        ]);
 
         // The same repository again, another image: it exists now, so each blob is asked about.
         const other = dockerImage(`${runtime}-fresh-2`);
