@@ -178,22 +178,34 @@ export class ImageCopier {
     if ((await this.tagDigest(target, tag)) === digest) {
       return { source: sourceText, target: targetText, digest, status: 'exists', bytes: 0, ms: 0 };
     }
-    const referrers = await this.#referrers.find(source, digest);
+    // What refers to the image (in the source) and what the backup holds, asked side by side.
+    const [referrers, { held, empty }] = await Promise.all([
+      this.#referrers.find(source, digest),
+      this.#targetState(target, digest),
+    ]);
     // With nothing to copy between the image and its tag, the image is pushed once, by tag.
     const pushAs = noReferrers(referrers) ? tag : digest;
-    const created = (await this.#options.prepareTarget?.(target.repository)) === true;
-    const held = !created && (await this.hasManifest(target, digest));
     if (held) {
       root = await this.fetchManifest(target, digest);
     } else {
       root ??= await this.fetchManifest(source, digest);
-      const empty = created || !(await this.repositoryExists(target));
       const fresh = empty ? { uploads: new Map<string, Promise<BlobOutcome>>() } : undefined;
       await this.copyTree(source, target, root, pushAs, sourceText, emit, progress, fresh);
     }
     await this.#referrers.copy(referrers, source, target, sourceText, emit, progress);
     if (held || pushAs !== tag) await this.pushManifest(target, tag, root);
     return { source: sourceText, target: targetText, digest, status: held ? 'exists' : 'copied', bytes: progress.bytes, ms: 0 };
+  }
+
+  /**
+   * Whether the backup repository holds the image by digest already (`held`), or holds nothing at
+   * all (`empty`: ECR has just created it, or the registry does not know it).
+   */
+  async #targetState(target: Repository, digest: string): Promise<{ held: boolean; empty: boolean }> {
+    const created = (await this.#options.prepareTarget?.(target.repository)) === true;
+    if (created) return { held: false, empty: true };
+    if (await this.hasManifest(target, digest)) return { held: true, empty: false };
+    return { held: false, empty: !(await this.repositoryExists(target)) };
   }
 
   /**

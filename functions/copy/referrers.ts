@@ -37,17 +37,23 @@ export class ReferrerCopier {
     this.#images = images;
   }
 
+  /** Asks all at once (one round trip, two when something is there): HEADs cost no pull. */
   async find(source: Repository, digest: string): Promise<FoundReferrers> {
     const schemeTag = digest.replace(':', '-');
-    const listed = await this.#listReferrers(source, digest);
-    const tagIndex = listed === undefined ? await this.#fetchIfPresent(source, schemeTag) : undefined;
+    const cosignTags = COSIGN_SUFFIXES.map((suffix) => `${schemeTag}.${suffix}`);
+    const [listed, schemeDigest, ...cosignDigests] = await Promise.all([
+      this.#listReferrers(source, digest),
+      this.#images.tagDigest(source, schemeTag),
+      ...cosignTags.map((tag) => this.#images.tagDigest(source, tag)),
+    ]);
+    const fetchIf = (found: string | undefined) => (found === undefined ? undefined : this.#images.fetchManifest(source, found));
+    // The tag-scheme index counts only where the registry has no referrers API.
+    const [tagIndex, ...cosignManifests] = await Promise.all([
+      fetchIf(listed === undefined ? schemeDigest : undefined),
+      ...cosignDigests.map(fetchIf),
+    ]);
     const referrers = listed ?? (tagIndex ? parseManifest(tagIndex.bytes, tagIndex.mediaType).manifests : []);
-    const cosign: Array<{ tag: string; manifest: FetchedManifest }> = [];
-    for (const suffix of COSIGN_SUFFIXES) {
-      const tag = `${schemeTag}.${suffix}`;
-      const manifest = await this.#fetchIfPresent(source, tag);
-      if (manifest) cosign.push({ tag, manifest });
-    }
+    const cosign = cosignTags.flatMap((tag, i) => (cosignManifests[i] ? [{ tag, manifest: cosignManifests[i] }] : []));
     return { digest, referrers, tagIndex, cosign };
   }
 

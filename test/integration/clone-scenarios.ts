@@ -12,6 +12,8 @@ import { parseReference, repositoryName } from '../../functions/reference.ts';
 import type { CloneFunction, FunctionEnv } from '../support/clone-function.ts';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
 import {
+  cosignSignature,
+  cosignTag,
   dockerImage,
   dockerManifestList,
   fetchBlob,
@@ -204,6 +206,24 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       await pushImage(source.url, 'signed/app', index, { tag: referrersTag(image.root.digest) });
 
       await expectCopiedWithTagIndex(image, signature, reference);
+    });
+
+    it("copies cosign's signature tag with the image, and its blobs", async () => {
+      const image = ociImage(`${runtime}-cosigned`);
+      const reference = await seed('cosigned/app', image);
+      const signature = cosignSignature(`${runtime}-cosign`, image.root);
+      const sigTag = cosignTag(image.root.digest, 'sig');
+      await pushImage(source.url, 'cosigned/app', signature, { tag: sigTag });
+
+      const [result] = await clone([reference]);
+      await expectBackedUp(image, reference, result!);
+      const { repository } = expectedTarget(reference);
+      const copied = await fetchManifest(backupSession, repository, sigTag);
+      expect(copied.status).toBe(200);
+      expect(sha256Digest(copied.bytes)).toBe(signature.root.digest);
+      for (const blob of signature.blobs) {
+        expect((await fetchBlob(backupSession, repository, blob.digest)).status, blob.digest).toBe(200);
+      }
     });
 
     it('copies the referrers a source lists through the referrers API: as a tag-scheme index into a backup without the API, as indexed manifests into one with it', async () => {

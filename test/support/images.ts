@@ -515,6 +515,46 @@ export function signatureArtifact(seed: string, subject: Descriptor): TestImage 
   };
 }
 
+/**
+ * A cosign signature as `cosign sign` stores it without the referrers API: an OCI manifest with a
+ * simple-signing payload layer, under the tag `sha256-<hex of the subject>.sig` (see cosignTag).
+ */
+export function cosignSignature(seed: string, subject: Descriptor): TestImage {
+  const payload = blobOf(
+    encodeJson({
+      critical: {
+        identity: { 'docker-reference': seed },
+        image: { 'docker-manifest-digest': subject.digest },
+        type: 'cosign container image signature',
+      },
+      optional: null,
+    }),
+    'application/vnd.dev.cosign.simplesigning.v1+json',
+  );
+  const config = blobOf(
+    encodeJson({ architecture: '', os: '', rootfs: { type: 'layers', diff_ids: [] }, config: {} }),
+    MediaTypes.ociConfig,
+  );
+  const mediaType = MediaTypes.ociManifest;
+  const manifest = manifestOf(
+    {
+      schemaVersion: 2,
+      mediaType,
+      config: config.descriptor,
+      layers: [
+        { ...payload.descriptor, annotations: { 'dev.cosignproject.cosign/signature': Buffer.from(seed).toString('base64') } },
+      ],
+    },
+    mediaType,
+  );
+  return { root: descriptorOf(manifest), manifests: [manifest], blobs: [config.blob, payload.blob], foreignLayers: [] };
+}
+
+/** cosign's tag for the signature (`sig`), attestations (`att`) or SBOM (`sbom`) of an image. */
+export function cosignTag(subjectDigest: string, kind: 'sig' | 'att' | 'sbom'): string {
+  return `${subjectDigest.replace(':', '-')}.${kind}`;
+}
+
 /** The tag of the referrers tag schema (OCI distribution 1.1 fallback): 'sha256-<hex>'. */
 export function referrersTag(subjectDigest: string): string {
   return subjectDigest.replace(':', '-');
