@@ -12,7 +12,8 @@
 // command-line tools: they are timed from spawn to exit. Tools take turns within a run.
 //
 // Options: --runs N (default 3), --scenarios a,b,c,d, --tools function,skopeo,crane,regctl,
-// --big-mib N (layer size of (d), default 160), --json FILE (all measurements).
+// --big-mib N (layer size of (d), default 160), --json FILE (all measurements), --latency-ms N
+// (the tools reach both registries through proxies that hold every byte N ms each way).
 // BLOB_CONCURRENCY, TRANSFER_CONCURRENCY, SMALL_BLOBS_PER_SLOT, IMAGE_CONCURRENCY and LOG_LEVEL in the environment are
 // passed to the function; its node gets the flags of package.json's start script (as npm start
 // and the container run it) plus BENCH_NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=DIR").
@@ -36,6 +37,7 @@ import {
 } from '../test/support/images.ts';
 import { startRegistry, type Registry } from '../test/support/registry.ts';
 import { startBenchFunction, startFlags, type CloneResult } from './function.ts';
+import { startLatencyProxy } from './latency-proxy.ts';
 import { installPeers, peerContext, runPeer, type PeerTool } from './peers.ts';
 import { cpuMs, loadAverage, registryPid } from './proc.ts';
 import { formatCounts, markLog, settleLog, type RequestCounts } from './requests.ts';
@@ -100,12 +102,32 @@ const { values: options } = parseArgs({
     tools: { type: 'string' },
     'big-mib': { type: 'string', default: '160' },
     json: { type: 'string' },
+    'latency-ms': { type: 'string', default: '0' },
   },
 });
 const runs = Number(options.runs);
 if (!Number.isInteger(runs) || runs < 1) throw new Error('--runs must be a positive integer');
 const wanted = new Set(options.scenarios.split(',').map((s) => s.trim()));
 const bigLayer = Number(options['big-mib']) * MiB;
+const latencyMs = Number(options['latency-ms']);
+if (!Number.isFinite(latencyMs) || latencyMs < 0) throw new Error('--latency-ms must be a number of milliseconds ≥ 0');
+
+/**
+ * The hosts the tools are given for the source and target registries: the registries themselves,
+ * or with --latency-ms, proxies that hold every byte that long each way.
+ */
+async function networkTo(
+  source: Registry,
+  target: Registry,
+): Promise<{ source: string; target: string; close(): Promise<void> }> {
+  if (latencyMs === 0) return { source: source.host, target: target.host, close: async () => {} };
+  const proxies = await Promise.all([startLatencyProxy(source.host, latencyMs), startLatencyProxy(target.host, latencyMs)]);
+  return {
+    source: proxies[0].host,
+    target: proxies[1].host,
+    close: async () => void (await Promise.all(proxies.map((proxy) => proxy.stop()))),
+  };
+}
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
 
@@ -152,14 +174,15 @@ async function verifyTarget(target: Registry, repository: string, image: ImageSu
 async function measureFunction(source: Registry, scenario: Scenario, run: number): Promise<Measurement> {
   const what = `(${scenario.key}) function run ${run}`;
   const target = await startRegistry();
+  const network = await networkTo(source, target);
   try {
-    const sourceRef = `${source.host}/${scenario.repo}:${TAG}`;
-    const targetRef = backupReference(parseReference(sourceRef), backupLocation(target.host, BACKUP_NAMESPACE));
+    const sourceRef = `${network.source}/${scenario.repo}:${TAG}`;
+    const targetRef = backupReference(parseReference(sourceRef), backupLocation(network.target, BACKUP_NAMESPACE));
     if (scenario.preload) await pushImage(target.url, targetRef.repository, scenario.preload, { tag: TAG });
     const fn = await startBenchFunction({
-      BACKUP_REGISTRY: target.host,
+      BACKUP_REGISTRY: network.target,
       BACKUP_NAMESPACE,
-      INSECURE_REGISTRIES: `${source.host},${target.host}`,
+      INSECURE_REGISTRIES: `${network.source},${network.target}`,
     });
     let measured: { ms: number; results: CloneResult[] };
     let rssBeforeKiB: number;
@@ -170,7 +193,7 @@ async function measureFunction(source: Registry, scenario: Scenario, run: number
     let sourceMark: Awaited<ReturnType<typeof markLog>>;
     let targetMark: Awaited<ReturnType<typeof markLog>>;
     try {
-      const warm = await fn.clone([`${source.host}/bench/warmup:${TAG}`]);
+      const warm = await fn.clone([`${network.source}/bench/warmup:${TAG}`]);
       if (warm.results[0]?.status !== 'copied') throw new Error(`${what}: warm-up failed: ${JSON.stringify(warm.results)}`);
       rssBeforeKiB = fn.memory().rssKiB;
       sourceMark = await markLog(source);
@@ -208,6 +231,7 @@ async function measureFunction(source: Registry, scenario: Scenario, run: number
       ...counts,
     };
   } finally {
+    await network.close();
     await target.stop();
   }
 }
@@ -215,7 +239,8 @@ async function measureFunction(source: Registry, scenario: Scenario, run: number
 async function measurePeer(source: Registry, scenario: Scenario, tool: PeerTool, run: number): Promise<Measurement> {
   const what = `(${scenario.key}) ${tool.name} run ${run}`;
   const target = await startRegistry();
-  const context = await peerContext([source.host, target.host]);
+  const network = await networkTo(source, target);
+  const context = await peerContext([network.source, network.target]);
   try {
     const repository = `${BACKUP_NAMESPACE}/${scenario.repo}`;
     if (scenario.preload) await pushImage(target.url, repository, scenario.preload, { tag: TAG });
@@ -223,7 +248,12 @@ async function measurePeer(source: Registry, scenario: Scenario, tool: PeerTool,
     const targetMark = await markLog(target);
     const load = loadAverage();
     const registriesCpu = registryCpu(source, target);
-    const result = await runPeer(tool, `${source.host}/${scenario.repo}:${TAG}`, `${target.host}/${repository}:${TAG}`, context);
+    const result = await runPeer(
+      tool,
+      `${network.source}/${scenario.repo}:${TAG}`,
+      `${network.target}/${repository}:${TAG}`,
+      context,
+    );
     const registriesCpuMs = registriesCpu();
     await settleLog(source);
     await settleLog(target);
@@ -242,6 +272,7 @@ async function measurePeer(source: Registry, scenario: Scenario, tool: PeerTool,
     };
   } finally {
     await context.remove();
+    await network.close();
     await target.stop();
   }
 }
@@ -337,6 +368,7 @@ async function main(): Promise<void> {
     `function: node ${nodeOptions} ${process.env.BENCH_FUNCTION_ENTRY ?? 'functions/node.ts'}` +
       (settings.length ? ` with ${settings.join(', ')}` : ' (default settings)'),
     ...peers.filter((p) => toolNames.includes(p.name)).map((p) => `${p.name} ${p.version} (${p.path})`),
+    ...(latencyMs > 0 ? [`registries behind latency proxies: ${latencyMs} ms each way, a TCP handshake per new connection`] : []),
     `${runs} runs per tool and scenario; load average at start ${loadAverage().toFixed(1)}`,
   ];
   log(header.join('\n'));
