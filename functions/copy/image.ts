@@ -8,7 +8,7 @@ import { pullScope, pushScope } from '../registry/auth.ts';
 import { discard, type RegistryClient } from '../registry/client.ts';
 import { classifyError, describeError, PermanentError, RegistryError } from '../registry/errors.ts';
 import { withRetries, type RetryPolicy } from '../registry/retry.ts';
-import { blobUnits, type BlobCopier, type BlobOutcome, type Repository } from './blob.ts';
+import { blobUnits, SMALL_BLOB_BYTES, type BlobCopier, type BlobOutcome, type Repository } from './blob.ts';
 import { digestOf } from './digest.ts';
 import { mapLimit, Semaphore } from './limit.ts';
 import { MANIFEST_ACCEPT, MANIFEST_SIZE_LIMIT, parseManifest, type Descriptor } from './manifest.ts';
@@ -65,9 +65,17 @@ export interface FetchedManifest {
   readonly mediaType: string;
 }
 
-/** A copy into a repository that did not exist when it began: the blob uploads it has started. */
+/** A copy into a repository that did not exist when it began. */
 interface FreshRepository {
+  /** The blob uploads the copy has started. */
   readonly uploads: Map<string, Promise<BlobOutcome>>;
+  /**
+   * True when this call created the repository (ECR): it holds nothing. False when the registry
+   * only said it does not know the repository, as distribution also says when an interrupted copy
+   * left blobs there but no tag: large blobs are then still asked about, so a copy that failed
+   * near its end does not upload gigabytes again. Small ones cost less to send again than to ask.
+   */
+  readonly certainlyEmpty: boolean;
 }
 
 /** Progress events are sent every this many bytes of a blob (and at its end). */
@@ -179,7 +187,7 @@ export class ImageCopier {
       return { source: sourceText, target: targetText, digest, status: 'exists', bytes: 0, ms: 0 };
     }
     // What refers to the image (in the source) and what the backup holds, asked side by side.
-    const [referrers, { held, empty }] = await Promise.all([
+    const [referrers, { held, empty, created }] = await Promise.all([
       this.#referrers.find(source, digest),
       this.#targetState(target, digest),
     ]);
@@ -189,7 +197,7 @@ export class ImageCopier {
       root = await this.fetchManifest(target, digest);
     } else {
       root ??= await this.fetchManifest(source, digest);
-      const fresh = empty ? { uploads: new Map<string, Promise<BlobOutcome>>() } : undefined;
+      const fresh = empty ? { uploads: new Map<string, Promise<BlobOutcome>>(), certainlyEmpty: created } : undefined;
       await this.copyTree(source, target, root, pushAs, sourceText, emit, progress, fresh);
     }
     await this.#referrers.copy(referrers, source, target, sourceText, emit, progress);
@@ -198,22 +206,22 @@ export class ImageCopier {
   }
 
   /**
-   * Whether the backup repository holds the image by digest already (`held`), or holds nothing at
-   * all (`empty`: ECR has just created it, or the registry does not know it).
+   * Whether the backup repository holds the image by digest already (`held`), or nothing at all
+   * (`empty`: ECR has just `created` it, or the registry does not know it).
    */
-  async #targetState(target: Repository, digest: string): Promise<{ held: boolean; empty: boolean }> {
+  async #targetState(target: Repository, digest: string): Promise<{ held: boolean; empty: boolean; created: boolean }> {
     const created = (await this.#options.prepareTarget?.(target.repository)) === true;
-    if (created) return { held: false, empty: true };
-    if (await this.hasManifest(target, digest)) return { held: true, empty: false };
-    return { held: false, empty: !(await this.repositoryExists(target)) };
+    if (created) return { held: false, empty: true, created };
+    if (await this.hasManifest(target, digest)) return { held: true, empty: false, created };
+    return { held: false, empty: !(await this.repositoryExists(target)), created };
   }
 
   /**
    * Copies a manifest and everything under it, then pushes it under `reference` (a tag or its
    * digest). A child the backup already holds is skipped whole. With `fresh` (the target
-   * repository did not exist when the copy began) nothing is asked about first: registries link
-   * blobs and manifests per repository, so none can be there unless this copy put it there, and
-   * a blob shared by several manifests of the image is uploaded once.
+   * repository did not exist when the copy began) manifests and small blobs are not asked about
+   * first: registries link blobs and manifests per repository, so none can be there unless a copy
+   * put it there, and a blob shared by several manifests of the image is uploaded once.
    */
   async copyTree(
     source: Repository,
@@ -246,7 +254,8 @@ export class ImageCopier {
           emit({ type: 'blob', source: sourceText, digest: blob.digest, done, total: blob.size });
         }
       };
-      const copying = this.#options.blobs.copy(source, target, blob, onBytes, { absent: fresh !== undefined });
+      const absent = fresh !== undefined && (fresh.certainlyEmpty || blob.size < SMALL_BLOB_BYTES);
+      const copying = this.#options.blobs.copy(source, target, blob, onBytes, { absent });
       fresh?.uploads.set(blob.digest, copying);
       if ((await copying) === 'uploaded') progress.bytes += blob.size;
     };
@@ -272,8 +281,7 @@ export class ImageCopier {
    * False only when the registry says the repository does not exist (404 NAME_UNKNOWN on its tag
    * list); anything else, a refusal or an error included, counts as "may exist", so the copy asks
    * about each blob as usual. A registry may still say so after an interrupted copy left blobs
-   * but no tag (distribution does): the next copy then uploads them again, which costs bytes,
-   * never correctness.
+   * but no tag (distribution does): see FreshRepository for what the copy still asks then.
    */
   async repositoryExists(repository: Repository): Promise<boolean> {
     try {

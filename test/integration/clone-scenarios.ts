@@ -23,6 +23,7 @@ import {
   ociImage,
   ociIndexWithAttestations,
   prettyPrintedImage,
+  pushBlob,
   pushImage,
   referrersTag,
   referrersTagIndex,
@@ -379,6 +380,31 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
         const [second] = (await viaWatched.clone({ images: [await seed('fresh/app', other, 'v2')] })).body.results as Result[];
         expect(second!.status, second!.error).toBe('copied');
         expect(blobRequests(before, 'HEAD')).toHaveLength(other.blobs.length);
+      } finally {
+        await viaWatched.stop();
+        await watched.stop();
+      }
+    });
+
+    it('asks about the large blobs in a repository the registry does not know, so a copy interrupted there is not uploaded again', async () => {
+      const image = dockerImage(`${runtime}-resume`, { layerSizes: [1536 * 1024, 1536 * 1024, 2048] });
+      const reference = await seed('resume/app', image);
+      const isLarge = (blob: { bytes: Uint8Array }) => blob.bytes.length >= 1024 * 1024;
+      const large = image.blobs.filter(isLarge);
+      expect(large).toHaveLength(2);
+      // What an interrupted copy leaves: the large layers, no manifest, no tag (the registry
+      // still calls the repository unknown).
+      for (const blob of large) await pushBlob(backupSession, expectedTarget(reference).repository, blob);
+      const { proxy: watched, fn: viaWatched } = await startBehindBackupProxy();
+      try {
+        const [result] = (await viaWatched.clone({ images: [reference] })).body.results as Result[];
+        expect(result!.status, result!.error).toBe('copied');
+        await expectBackedUp(image, reference, { ...result!, target: result!.target!.replace(watched.host, backup.host) });
+        const asked = watched.requests.filter((r) => r.method === 'HEAD' && /\/blobs\/sha256:/.test(r.url));
+        expect(asked.map((r) => r.url.slice(r.url.lastIndexOf('/') + 1)).sort()).toEqual(large.map((b) => b.digest).sort());
+        // Only the small blobs (the config and the small layer) travelled.
+        const small = image.blobs.filter((blob) => !isLarge(blob));
+        expect(result!.bytes).toBe(small.reduce((sum, blob) => sum + blob.bytes.length, 0));
       } finally {
         await viaWatched.stop();
         await watched.stop();
