@@ -171,6 +171,11 @@ export class ImageCopier {
     const target: Repository = { registry: targetRef.registry, repository: targetRef.repository };
     const tag = targetRef.tag!;
 
+    // The tag is pushed last, after the referrers: a tag on the digest means the copy is complete,
+    // so an interrupted copy is finished by the next request. Asked while the source's digest is.
+    const tagged = this.tagDigest(target, tag);
+    tagged.catch(() => {}); // awaited below, unless resolving the source fails first
+
     // Resolve the digest with a HEAD where possible: it does not count as a pull on Docker Hub.
     let root: FetchedManifest | undefined;
     let digest = source.digest;
@@ -180,10 +185,7 @@ export class ImageCopier {
       root = resolved.manifest;
     }
     const targetText = `${repositoryName(target)}:${tag}@${digest}`;
-
-    // The tag is pushed last, after the referrers: a tag on the digest means the copy is complete,
-    // so an interrupted copy is finished by the next request.
-    if ((await this.tagDigest(target, tag)) === digest) {
+    if ((await tagged) === digest) {
       return { source: sourceText, target: targetText, digest, status: 'exists', bytes: 0, ms: 0 };
     }
     // What refers to the image (in the source) and what the backup holds, asked side by side.
