@@ -177,45 +177,60 @@ export class ImageCopier {
     tagged.catch(() => {}); // awaited below, unless resolving the source fails first
 
     // Resolve the digest with a HEAD where possible: it does not count as a pull on Docker Hub.
-    let root: FetchedManifest | undefined;
     let digest = source.digest;
+    let sourceManifest: FetchedManifest | undefined; // when the registry named no digest and a GET told
     if (digest === undefined) {
       const resolved = await this.resolveDigest(source, source.tag!);
       digest = resolved.digest;
-      root = resolved.manifest;
+      sourceManifest = resolved.manifest;
     }
     const targetText = `${repositoryName(target)}:${tag}@${digest}`;
     if ((await tagged) === digest) {
       return { source: sourceText, target: targetText, digest, status: 'exists', bytes: 0, ms: 0 };
     }
     // What refers to the image (in the source) and what the backup holds, asked side by side.
-    const [referrers, { held, empty, created }] = await Promise.all([
+    const [referrers, start] = await Promise.all([
       this.#referrers.find(source, digest),
-      this.#targetState(target, digest),
+      this.#startingPoint(source, target, digest, sourceManifest),
     ]);
     // With nothing to copy between the image and its tag, the image is pushed once, by tag.
     const pushAs = noReferrers(referrers) ? tag : digest;
-    if (held) {
-      root = await this.fetchManifest(target, digest);
-    } else {
-      root ??= await this.fetchManifest(source, digest);
-      const fresh = empty ? { uploads: new Map<string, Promise<BlobOutcome>>(), certainlyEmpty: created } : undefined;
-      await this.copyTree(source, target, root, pushAs, sourceText, emit, progress, fresh);
+    if (!start.held) {
+      const fresh = start.empty ? { uploads: new Map<string, Promise<BlobOutcome>>(), certainlyEmpty: start.created } : undefined;
+      await this.copyTree(source, target, start.root, pushAs, sourceText, emit, progress, fresh);
     }
     await this.#referrers.copy(referrers, source, target, sourceText, emit, progress);
-    if (held || pushAs !== tag) await this.pushManifest(target, tag, root);
-    return { source: sourceText, target: targetText, digest, status: held ? 'exists' : 'copied', bytes: progress.bytes, ms: 0 };
+    if (start.held || pushAs !== tag) await this.pushManifest(target, tag, start.root);
+    return {
+      source: sourceText,
+      target: targetText,
+      digest,
+      status: start.held ? 'exists' : 'copied',
+      bytes: progress.bytes,
+      ms: 0,
+    };
   }
 
   /**
-   * Whether the backup repository holds the image by digest already (`held`), or nothing at all
+   * Where the copy starts: the image's manifest, and whether the backup repository holds the image
+   * by digest already (`held`: then the manifest is the backup's, no pull spent) or nothing at all
    * (`empty`: ECR has just `created` it, or the registry does not know it).
    */
-  async #targetState(target: Repository, digest: string): Promise<{ held: boolean; empty: boolean; created: boolean }> {
+  async #startingPoint(
+    source: Repository,
+    target: Repository,
+    digest: string,
+    known: FetchedManifest | undefined,
+  ): Promise<{ root: FetchedManifest; held: boolean; empty: boolean; created: boolean }> {
     const created = (await this.#options.prepareTarget?.(target.repository)) === true;
-    if (created) return { held: false, empty: true, created };
-    if (await this.hasManifest(target, digest)) return { held: true, empty: false, created };
-    return { held: false, empty: !(await this.repositoryExists(target)), created };
+    if (!created && (await this.hasManifest(target, digest))) {
+      return { root: await this.fetchManifest(target, digest), held: true, empty: false, created };
+    }
+    const [root, exists] = await Promise.all([
+      known ?? this.fetchManifest(source, digest),
+      created ? false : this.repositoryExists(target),
+    ]);
+    return { root, held: false, empty: !exists, created };
   }
 
   /**
