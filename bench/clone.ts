@@ -15,9 +15,10 @@
 // Options: --runs N (default 3), --scenarios a,b,c,d, --tools function,skopeo,crane,regctl,
 // --big-mib N (layer size of (d), default 160), --json FILE (all measurements), --latency-ms N
 // (the tools reach both registries through proxies that hold every byte N ms each way).
-// BLOB_CONCURRENCY, TRANSFER_CONCURRENCY, SMALL_BLOBS_PER_SLOT, IMAGE_CONCURRENCY and LOG_LEVEL in the environment are
-// passed to the function; its node gets the flags of package.json's start script (as npm start
-// and the container run it) plus BENCH_NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=DIR").
+// BLOB_CONCURRENCY, TRANSFER_CONCURRENCY, SMALL_BLOBS_PER_SLOT, IMAGE_CONCURRENCY and LOG_LEVEL in
+// the environment are passed to the function; its node gets the flags of package.json's start
+// script (as npm start and the container run it) plus BENCH_NODE_OPTIONS (e.g. "--cpu-prof
+// --cpu-prof-dir=DIR").
 
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
