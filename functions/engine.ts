@@ -5,7 +5,7 @@ import type { ECRClientConfig } from '@aws-sdk/client-ecr';
 import type { FunctionConfig } from './config.ts';
 import { BlobCopier, KnownBlobs, type Runtime } from './copy/blob.ts';
 import { ImageCopier, type CloneEvent, type CloneResult, type Logger } from './copy/image.ts';
-import { mapLimit, Semaphore } from './copy/limit.ts';
+import { mapLimit } from './copy/limit.ts';
 import { Ecr } from './ecr.ts';
 import type { FetchLike } from './registry/auth.ts';
 import { RegistryClient } from './registry/client.ts';
@@ -73,7 +73,7 @@ export function createEngine(options: EngineOptions): CloneEngine {
     client,
     runtime: options.runtime,
     known: new KnownBlobs(),
-    transfers: new Semaphore(config.transferConcurrency * config.smallBlobsPerSlot),
+    transferConcurrency: config.transferConcurrency,
     smallBlobsPerSlot: config.smallBlobsPerSlot,
     retryPolicy,
     onRetry: logRetry,

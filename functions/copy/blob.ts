@@ -6,7 +6,7 @@ import { discard, type RegistryClient } from '../registry/client.ts';
 import { classifyError, RegistryError } from '../registry/errors.ts';
 import { withRetries, type RetryPolicy } from '../registry/retry.ts';
 import { DigestVerifier } from './digest.ts';
-import type { Semaphore } from './limit.ts';
+import { Semaphore } from './limit.ts';
 import type { Descriptor } from './manifest.ts';
 
 export interface Repository {
@@ -64,8 +64,9 @@ export interface BlobCopierOptions {
   readonly client: RegistryClient;
   readonly runtime: Runtime;
   readonly known: KnownBlobs;
-  /** Bounds blob transfers across every copy in this process: TRANSFER_CONCURRENCY slots of `smallBlobsPerSlot` units. */
-  readonly transfers: Semaphore;
+  /** Blob transfers at once across every copy in this process (TRANSFER_CONCURRENCY). */
+  readonly transferConcurrency: number;
+  /** Small blobs (see SMALL_BLOB_BYTES) that count as one transfer. */
   readonly smallBlobsPerSlot: number;
   readonly retryPolicy: RetryPolicy;
   readonly onRetry?: (info: { what: string; attempt: number; delayMs: number; error: unknown }) => void;
@@ -75,11 +76,13 @@ export interface BlobCopierOptions {
 
 export class BlobCopier {
   readonly #options: BlobCopierOptions;
+  readonly #transfers: Semaphore;
   /** Registries that refused a monolithic upload: they get chunked uploads. */
   readonly #chunked = new Set<string>();
 
   constructor(options: BlobCopierOptions) {
     this.#options = options;
+    this.#transfers = new Semaphore(options.transferConcurrency * options.smallBlobsPerSlot);
   }
 
   /**
@@ -94,7 +97,7 @@ export class BlobCopier {
     options: { readonly absent?: boolean } = {},
   ): Promise<BlobOutcome> {
     const what = `blob ${blob.digest} of ${source.registry}/${source.repository}`;
-    return this.#options.transfers.run(
+    return this.#transfers.run(
       () =>
         withRetries(() => this.#copyOnce(source, target, blob, what, onBytes, options.absent === true), {
           policy: this.#options.retryPolicy,

@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BlobCopier, KnownBlobs } from '../../functions/copy/blob.ts';
 import { ImageCopier } from '../../functions/copy/image.ts';
-import { Semaphore } from '../../functions/copy/limit.ts';
 import { backupLocation } from '../../functions/naming.ts';
 import { RegistryClient } from '../../functions/registry/client.ts';
 import { StaticCredentials } from '../../functions/registry/credentials.ts';
@@ -24,7 +23,7 @@ function copierServing(body: () => ReadableStream<Uint8Array>, headers: Record<s
     client,
     runtime: { sizedBody: (s) => s },
     known: new KnownBlobs(),
-    transfers: new Semaphore(1),
+    transferConcurrency: 1,
     smallBlobsPerSlot: 1,
     retryPolicy: policy,
   });
