@@ -12,7 +12,7 @@ import { ConfigError, loadConfig, type FunctionConfig } from './config.ts';
 import type { Logger } from './copy/image.ts';
 import { createEngine, type CloneEngine } from './engine.ts';
 import { createFunctionMetrics } from './metrics.ts';
-import type { FetchLike } from './registry/auth.ts';
+import type { FetchLike, HttpResponse } from './registry/auth.ts';
 import { DEFAULT_RETRY_POLICY } from './registry/retry.ts';
 
 export function readConfig(env: NodeJS.ProcessEnv = process.env): FunctionConfig {
@@ -53,30 +53,86 @@ function registryFetch(config: FunctionConfig): FetchLike {
   const transfers = config.transferConcurrency * config.smallBlobsPerSlot;
   const dispatcher = new Agent({ connections: 2 * transfers + 8, keepAliveTimeout: 30_000, connectTimeout: 15_000 });
   return async (input, init = {}) => {
-    const url = new URL(input instanceof Request ? input.url : input);
+    const url = input instanceof URL ? input : new URL(input instanceof Request ? input.url : input);
     const method = (init.method ?? 'GET').toUpperCase() as Dispatcher.HttpMethod;
     const response = await dispatcher.request({
       origin: url.origin,
       path: `${url.pathname}${url.search}`,
       method,
-      headers: Object.fromEntries(new Headers(init.headers)),
+      headers: headerRecord(init.headers),
       // undici takes async iterables (a Web stream is one); its types list Readable only.
       body: requestBody(init.body) as string | Uint8Array | Readable | null,
       signal: init.signal ?? null,
       ...(method === 'HEAD' && { reset: false }),
     });
-    const headers = new Headers();
-    for (const [name, value] of Object.entries(response.headers)) {
-      for (const item of Array.isArray(value) ? value : [value]) if (item !== undefined) headers.append(name, item);
-    }
-    let body: ReadableStream<Uint8Array> | null = null;
     // An answer with nothing to read (every upload POST and PUT) gets no stream: reading it to the
     // end here returns the connection, and cancelling a stream nobody read would abort it instead.
     const empty = method === 'HEAD' || NULL_BODY_STATUSES.has(response.statusCode) || response.headers['content-length'] === '0';
     if (empty) await response.body.dump();
-    else body = webStream(response.body);
-    return new Response(body, { status: response.statusCode, headers });
+    return new RegistryAnswer(response.statusCode, response.headers, empty ? null : response.body);
   };
+}
+
+type HeaderFields = Record<string, string | string[] | undefined>;
+
+/**
+ * undici's answer as the engine reads it. No Response and Headers objects per request: they cost
+ * more CPU than a small blob's bytes (header validation, and a Web stream per body even when the
+ * body is read whole), and the engine asks thousands of small requests of a registry.
+ */
+class RegistryAnswer implements HttpResponse {
+  readonly status: number;
+  readonly headers: { get(name: string): string | null };
+  readonly #raw: Dispatcher.ResponseData['body'] | null;
+  /** The body as a Web stream, made when first asked for; null once read whole. */
+  #stream: ReadableStream<Uint8Array> | null | undefined;
+  #read = false;
+
+  constructor(status: number, fields: HeaderFields, raw: Dispatcher.ResponseData['body'] | null) {
+    this.status = status;
+    // undici gives header names in lowercase, repeated fields as arrays (fetch joins them with ", ").
+    this.headers = {
+      get: (name) => {
+        const value = fields[name.toLowerCase()];
+        return value === undefined ? null : Array.isArray(value) ? value.join(', ') : value;
+      },
+    };
+    this.#raw = raw;
+    if (!raw) this.#stream = null;
+  }
+
+  get ok(): boolean {
+    return this.status >= 200 && this.status < 300;
+  }
+
+  get body(): ReadableStream<Uint8Array> | null {
+    if (this.#stream === undefined) this.#stream = webStream(this.#raw!);
+    return this.#stream;
+  }
+
+  async arrayBuffer(): Promise<ArrayBuffer> {
+    if (this.#read) throw new TypeError('the body was already read');
+    this.#read = true;
+    if (this.#stream) return new Response(this.#stream).arrayBuffer();
+    if (!this.#raw) return new ArrayBuffer(0);
+    this.#stream = null;
+    return this.#raw.arrayBuffer();
+  }
+
+  async text(): Promise<string> {
+    return new TextDecoder().decode(await this.arrayBuffer());
+  }
+
+  async json(): Promise<unknown> {
+    return JSON.parse(await this.text());
+  }
+}
+
+/** The registry client sends a plain record; anything else is copied into one. */
+function headerRecord(headers: RequestInit['headers']): Record<string, string> {
+  if (headers === undefined) return {};
+  if (headers instanceof Headers || Array.isArray(headers)) return Object.fromEntries(headers);
+  return headers as Record<string, string>;
 }
 
 function requestBody(body: RequestInit['body']): string | Uint8Array | AsyncIterable<Uint8Array> | null {

@@ -1,7 +1,7 @@
 // Copies one blob registry-to-registry: check existing → mount → upload, streaming the source body
 // into a monolithic PUT with Content-Length while its digest is verified. Never holds a blob whole.
 
-import { pullScope, pushScope } from '../registry/auth.ts';
+import { pullScope, pushScope, type HttpResponse } from '../registry/auth.ts';
 import { discard, type RegistryClient } from '../registry/client.ts';
 import { classifyError, RegistryError } from '../registry/errors.ts';
 import { withRetries, type RetryPolicy } from '../registry/retry.ts';
@@ -161,7 +161,7 @@ export class BlobCopier {
       downloadControl.abort();
       await early?.then(discard, () => {});
     };
-    let start: Response;
+    let start: HttpResponse;
     try {
       start = await client.send({
         registry: target.registry,
@@ -191,7 +191,7 @@ export class BlobCopier {
       throw new RegistryError(`start upload of ${what}: the registry sent no upload location`, 502);
     }
 
-    let download: Response;
+    let download: HttpResponse;
     try {
       download = await (early ?? startDownload());
     } catch (error) {
@@ -204,7 +204,7 @@ export class BlobCopier {
     }
     const verifier = new DigestVerifier(blob.digest, blob.size, what, onBytes);
     const verified = download.body.pipeThrough(verifier.stream);
-    let upload: Response;
+    let upload: HttpResponse;
     const inChunks = this.#chunked.has(target.registry);
     try {
       upload = inChunks

@@ -4,7 +4,7 @@
 
 import { backupReference, isBackupImage, type BackupLocation } from '../naming.ts';
 import { formatReference, parseReference, repositoryName, type ImageReference } from '../reference.ts';
-import { pullScope, pushScope } from '../registry/auth.ts';
+import { pullScope, pushScope, type HttpResponse } from '../registry/auth.ts';
 import { discard, type RegistryClient } from '../registry/client.ts';
 import { classifyError, describeError, PermanentError, RegistryError } from '../registry/errors.ts';
 import { withRetries, type RetryPolicy } from '../registry/retry.ts';
@@ -249,7 +249,7 @@ export class ImageCopier {
     emit: EmitEvent,
     progress: { bytes: number },
     fresh?: FreshRepository,
-  ): Promise<Response> {
+  ): Promise<HttpResponse> {
     const parsed = parseManifest(manifest.bytes, manifest.mediaType);
     await mapLimit(parsed.manifests, 2, async (child: Descriptor) => {
       if (fresh === undefined && (await this.hasManifest(target, child.digest))) return;
@@ -404,7 +404,7 @@ export class ImageCopier {
   }
 
   /** PUTs the exact bytes with Content-Type = their media type. */
-  async pushManifest(repository: Repository, reference: string, manifest: FetchedManifest): Promise<Response> {
+  async pushManifest(repository: Repository, reference: string, manifest: FetchedManifest): Promise<HttpResponse> {
     const name = `${repositoryName(repository)}${reference.includes(':') ? '@' : ':'}${reference}`;
     try {
       const response = await this.#options.client.send({
@@ -433,7 +433,7 @@ export class ImageCopier {
   }
 }
 
-async function readManifestBytes(response: Response, name: string): Promise<Uint8Array> {
+async function readManifestBytes(response: HttpResponse, name: string): Promise<Uint8Array> {
   const declared = Number(response.headers.get('content-length') ?? NaN);
   if (declared > MANIFEST_SIZE_LIMIT) {
     await discard(response);

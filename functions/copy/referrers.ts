@@ -3,7 +3,7 @@
 // "sha256-<hex>.sig/.att/.sbom" tags.
 
 import { repositoryName } from '../reference.ts';
-import { pullScope } from '../registry/auth.ts';
+import { pullScope, type HttpResponse } from '../registry/auth.ts';
 import { discard } from '../registry/client.ts';
 import { RegistryError, readLimited } from '../registry/errors.ts';
 import type { Repository } from './blob.ts';
@@ -73,7 +73,7 @@ export class ReferrerCopier {
       const manifest = await this.#images.fetchManifest(source, referrer.digest);
       const pushed = await this.#images.copyTree(source, target, manifest, referrer.digest, sourceText, emit, progress);
       // OCI 1.1: a registry that indexes referrers itself says so with OCI-Subject.
-      if (pushed.headers.has('oci-subject')) targetIndexesReferrers = true;
+      if (pushed.headers.get('oci-subject') !== null) targetIndexesReferrers = true;
     }
     if (referrers.length > 0 && !targetIndexesReferrers && !(await this.#supportsReferrersApi(target, digest))) {
       await this.#updateTagIndex(target, digest.replace(':', '-'), referrers, tagIndex);
@@ -89,7 +89,7 @@ export class ReferrerCopier {
 
   /** The referrers API's list, or undefined where the registry has no referrers API. */
   async #listReferrers(repository: Repository, digest: string): Promise<Descriptor[] | undefined> {
-    let response: Response;
+    let response: HttpResponse;
     try {
       response = await this.#images.client.send({
         registry: repository.registry,

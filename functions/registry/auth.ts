@@ -7,7 +7,21 @@ import { parseChallenges, type Challenge } from './challenge.ts';
 import type { CredentialSource, Credentials } from './credentials.ts';
 import { RegistryError } from './errors.ts';
 
-export type FetchLike = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
+/**
+ * What the engine reads of an HTTP answer. A fetch Response is one; on Node, registryFetch answers
+ * with a lighter object over undici's response (functions/node.ts).
+ */
+export interface HttpResponse {
+  readonly status: number;
+  readonly ok: boolean;
+  readonly headers: { get(name: string): string | null };
+  readonly body: ReadableStream<Uint8Array> | null;
+  text(): Promise<string>;
+  json(): Promise<unknown>;
+  arrayBuffer(): Promise<ArrayBuffer>;
+}
+
+export type FetchLike = (input: string | URL | Request, init?: RequestInit) => Promise<HttpResponse>;
 
 interface CachedToken {
   readonly header: string;
@@ -64,7 +78,7 @@ export class Authenticator {
    * scopes to ask for on the one retry the caller makes (the challenge may name one more), or
    * undefined when trying again cannot help.
    */
-  async unauthorized(registry: string, response: Response, scopes: readonly string[]): Promise<string[] | undefined> {
+  async unauthorized(registry: string, response: HttpResponse, scopes: readonly string[]): Promise<string[] | undefined> {
     const challenges = parseChallenges(response.headers.get('www-authenticate'));
     const challenge = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
     if (!challenge) return undefined;

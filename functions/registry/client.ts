@@ -3,7 +3,7 @@
 // and retries of replayable requests on 408/429/5xx and dropped connections.
 
 import { registryApiHost } from '../reference.ts';
-import { Authenticator, type FetchLike } from './auth.ts';
+import { Authenticator, type FetchLike, type HttpResponse } from './auth.ts';
 import type { CredentialSource } from './credentials.ts';
 import { classifyError, RegistryError } from './errors.ts';
 import { DEFAULT_RETRY_POLICY, withRetries, type RetryPolicy } from './retry.ts';
@@ -28,6 +28,7 @@ export interface RegistryRequest {
   readonly what: string;
   /** Statuses that are answers; any other is an error. */
   readonly expect: readonly number[];
+  /** Lowercase names. */
   readonly headers?: Readonly<Record<string, string>>;
   /** Bytes can be sent again; a stream cannot, so a request with a stream is never retried here. */
   readonly body?: Uint8Array | ReadableStream<Uint8Array>;
@@ -60,7 +61,7 @@ export class RegistryClient {
   }
 
   /** Sends the request; the answer's status is one of `expect`, or this throws a RegistryError. */
-  async send(request: RegistryRequest): Promise<Response> {
+  async send(request: RegistryRequest): Promise<HttpResponse> {
     const replayable = !(request.body instanceof ReadableStream);
     if (!replayable) return this.#sendOnce(request);
     return withRetries(() => this.#sendOnce(request), {
@@ -71,7 +72,7 @@ export class RegistryClient {
     });
   }
 
-  async #sendOnce(request: RegistryRequest): Promise<Response> {
+  async #sendOnce(request: RegistryRequest): Promise<HttpResponse> {
     let scopes = request.scopes;
     let reauthorized = false;
     for (;;) {
@@ -101,14 +102,16 @@ export class RegistryClient {
   }
 
   /** One request and the redirects that follow it. */
-  async #exchange(request: RegistryRequest, authorization: string | undefined): Promise<Response> {
+  async #exchange(request: RegistryRequest, authorization: string | undefined): Promise<HttpResponse> {
     const registryOrigin = new URL(this.baseUrl(request.registry)).origin;
     let url = new URL(request.path, this.baseUrl(request.registry));
     for (let redirects = 0; ; redirects++) {
-      const headers = new Headers(request.headers);
-      if (this.#options.userAgent) headers.set('user-agent', this.#options.userAgent);
+      // A plain record: a Headers object per request costs validation work that adds up over
+      // thousands of small requests. Names here are lowercase, as request.headers' are.
+      const headers: Record<string, string> = { ...request.headers };
+      if (this.#options.userAgent) headers['user-agent'] = this.#options.userAgent;
       // Authorization belongs to the registry: a redirect to blob storage (ECR → S3) goes without it.
-      if (authorization && url.origin === registryOrigin) headers.set('authorization', authorization);
+      if (authorization && url.origin === registryOrigin) headers.authorization = authorization;
       const init: RequestInit & { duplex?: 'half' } = {
         method: request.method,
         headers,
@@ -138,7 +141,7 @@ export class RegistryClient {
 }
 
 /** Releases a response we do not read, so its connection goes back to the pool. */
-export async function discard(response: Response): Promise<void> {
+export async function discard(response: HttpResponse): Promise<void> {
   try {
     await response.body?.cancel();
   } catch {

@@ -1,3 +1,4 @@
+import type { HttpResponse } from './auth.ts';
 import { isRetryableStatus, parseRetryAfter, type RetryVerdict } from './retry.ts';
 
 const ERROR_BODY_LIMIT = 4096;
@@ -17,7 +18,7 @@ export class RegistryError extends Error {
   }
 
   /** Reads the registry's error body ({"errors":[{code,message}]}) into a readable message. */
-  static async fromResponse(response: Response, what: string): Promise<RegistryError> {
+  static async fromResponse(response: HttpResponse, what: string): Promise<RegistryError> {
     const text = await readLimited(response, ERROR_BODY_LIMIT);
     let code: string | undefined;
     let detail = '';
@@ -69,7 +70,7 @@ export function classifyError(error: unknown): RetryVerdict {
 }
 
 /** Reads at most `limit` bytes of a body as text and drops the rest. */
-export async function readLimited(response: Response, limit: number): Promise<string> {
+export async function readLimited(response: HttpResponse, limit: number): Promise<string> {
   if (!response.body) return '';
   const reader = response.body.getReader();
   const chunks: Uint8Array[] = [];
