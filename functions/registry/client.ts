@@ -32,6 +32,8 @@ export interface RegistryRequest {
   readonly headers?: Readonly<Record<string, string>>;
   /** Bytes can be sent again; a stream cannot, so a request with a stream is never retried here. */
   readonly body?: Uint8Array | ReadableStream<Uint8Array>;
+  /** Not retried here: the caller retries the whole operation (a failed upload's location may be gone). */
+  readonly once?: boolean;
   readonly signal?: AbortSignal;
 }
 
@@ -63,7 +65,7 @@ export class RegistryClient {
   /** Sends the request; the answer's status is one of `expect`, or this throws a RegistryError. */
   async send(request: RegistryRequest): Promise<HttpResponse> {
     const replayable = !(request.body instanceof ReadableStream);
-    if (!replayable) return this.#sendOnce(request);
+    if (!replayable || request.once) return this.#sendOnce(request);
     return withRetries(() => this.#sendOnce(request), {
       policy: this.#policy,
       classify: classifyError,

@@ -266,22 +266,31 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
     });
 
     it('fails an image whose blob does not match its digest, and pushes no manifest over it', async () => {
-      const image = dockerImage(`${runtime}-corrupt`, { layers: 3, layerSize: 64 * 1024 });
-      const reference = await seed('broken/app', image);
-      await corruptBlob(source, image.blobs.at(-1)!.digest);
+      // Small blobs are read whole and checked before their upload; larger ones are checked as
+      // they stream: one corrupt image for each way.
+      const images = [
+        dockerImage(`${runtime}-corrupt-small`, { layers: 3, layerSize: 4 * 1024 }),
+        dockerImage(`${runtime}-corrupt-large`, { layers: 3, layerSize: 256 * 1024 }),
+      ];
+      const references = [await seed('broken/small', images[0]!), await seed('broken/large', images[1]!)];
+      for (const image of images) await corruptBlob(source, image.blobs.at(-1)!.digest);
       const good = await seed('fine/app', dockerImage(`${runtime}-fine`));
       const missing = `${proxy.host}/fine/app:no-such-tag`;
 
-      const [corrupt, fine, absent] = await clone([reference, good, missing]);
-      expect(corrupt!.status).toBe('failed');
-      expect(corrupt!.error).toMatch(/does not match its digest/);
+      const [corruptSmall, corruptLarge, fine, absent] = await clone([...references, good, missing]);
+      for (const corrupt of [corruptSmall, corruptLarge]) {
+        expect(corrupt!.status).toBe('failed');
+        expect(corrupt!.error).toMatch(/does not match its digest/);
+      }
       expect(fine!.status).toBe('copied');
       expect(absent).toMatchObject({ status: 'failed', source: missing });
       expect(absent!.error).toMatch(/not found/);
 
-      const { repository, tag } = expectedTarget(reference);
-      expect((await fetchManifest(backupSession, repository, image.root.digest)).status).toBe(404);
-      expect((await fetchManifest(backupSession, repository, tag)).status).toBe(404);
+      for (const [index, image] of images.entries()) {
+        const { repository, tag } = expectedTarget(references[index]!);
+        expect((await fetchManifest(backupSession, repository, image.root.digest)).status).toBe(404);
+        expect((await fetchManifest(backupSession, repository, tag)).status).toBe(404);
+      }
     });
 
     it('retries 429 with Retry-After, 503 bursts and a connection dropped mid-blob, and copies correctly', async () => {
