@@ -239,7 +239,7 @@ export class BlobCopier {
   ): Promise<HttpResponse> {
     const { response, control } = download;
     if (!inChunks && arrivesInOneRead(response, blob)) {
-      // A few KiB: read whole (one socket read holds it anyway), checked, and sent as bytes. No
+      // At most 64 KiB: read whole (one socket read holds it anyway), checked, sent as bytes. No
       // stream pipeline per blob, which for such blobs costs more CPU than the bytes themselves.
       let bytes: Uint8Array;
       try {
