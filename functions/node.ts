@@ -86,7 +86,6 @@ class RegistryAnswer implements HttpResponse {
   readonly #raw: Dispatcher.ResponseData['body'] | null;
   /** The body as a Web stream, made when first asked for; null once read whole. */
   #stream: ReadableStream<Uint8Array> | null | undefined;
-  #read = false;
 
   constructor(status: number, fields: HeaderFields, raw: Dispatcher.ResponseData['body'] | null) {
     this.status = status;
@@ -111,12 +110,10 @@ class RegistryAnswer implements HttpResponse {
   }
 
   async arrayBuffer(): Promise<ArrayBuffer> {
-    if (this.#read) throw new TypeError('the body was already read');
-    this.#read = true;
     if (this.#stream) return new Response(this.#stream).arrayBuffer();
     if (!this.#raw) return new ArrayBuffer(0);
     this.#stream = null;
-    return this.#raw.arrayBuffer();
+    return this.#raw.arrayBuffer(); // undici refuses a second read, as fetch does
   }
 
   async text(): Promise<string> {

@@ -198,27 +198,7 @@ export class BlobCopier {
       downloadControl.abort();
       throw error;
     }
-    const inChunks = this.#chunked.has(target.registry);
-    let upload: HttpResponse;
-    try {
-      upload = await this.#upload(
-        target,
-        location,
-        blob,
-        { response: download, control: downloadControl },
-        inChunks,
-        what,
-        onBytes,
-      );
-    } catch (error) {
-      if (error instanceof RegistryError && error.status === 413 && !inChunks) {
-        // The registry (or a proxy in front of it) limits request bodies: from now on it gets
-        // chunks, and this blob is tried again at once.
-        this.#chunked.add(target.registry);
-        throw new RegistryError(`${error.message}; switching to chunked uploads`, 503, 'CHUNKED', 0);
-      }
-      throw error;
-    }
+    const upload = await this.#upload(target, location, blob, { response: download, control: downloadControl }, what, onBytes);
     await discard(upload);
     known.remember(target.registry, target.repository, blob.digest);
     return 'uploaded';
@@ -233,11 +213,11 @@ export class BlobCopier {
     location: string,
     blob: Descriptor,
     download: { readonly response: HttpResponse; readonly control: AbortController },
-    inChunks: boolean,
     what: string,
     onBytes: ((done: number) => void) | undefined,
   ): Promise<HttpResponse> {
     const { response, control } = download;
+    const inChunks = this.#chunked.has(target.registry);
     if (!inChunks && arrivesInOneRead(response, blob)) {
       // At most 64 KiB: read whole (one socket read holds it anyway), checked, sent as bytes. No
       // stream pipeline per blob, which for such blobs costs more CPU than the bytes themselves.
@@ -268,25 +248,35 @@ export class BlobCopier {
     }
   }
 
-  /** One PUT with the whole body and its Content-Length: the way every registry takes. */
-  #uploadWhole(
+  /**
+   * One PUT with the whole body and its Content-Length: the way every registry takes. A registry
+   * that refuses it (413: a body limit in front of it) gets chunks from then on, and this blob is
+   * tried again at once.
+   */
+  async #uploadWhole(
     target: Repository,
     location: string,
     blob: Descriptor,
     body: ReadableStream<Uint8Array> | Uint8Array,
     what: string,
-  ) {
-    return this.#options.client.send({
-      registry: target.registry,
-      method: 'PUT',
-      path: withDigest(location, blob.digest),
-      scopes: [pushScope(target.repository)],
-      what: `upload ${what}`,
-      expect: [201, 204],
-      headers: { 'content-type': 'application/octet-stream', 'content-length': String(blob.size) },
-      body,
-      once: true,
-    });
+  ): Promise<HttpResponse> {
+    try {
+      return await this.#options.client.send({
+        registry: target.registry,
+        method: 'PUT',
+        path: withDigest(location, blob.digest),
+        scopes: [pushScope(target.repository)],
+        what: `upload ${what}`,
+        expect: [201, 204],
+        headers: { 'content-type': 'application/octet-stream', 'content-length': String(blob.size) },
+        body,
+        once: true,
+      });
+    } catch (error) {
+      if (!(error instanceof RegistryError && error.status === 413)) throw error;
+      this.#chunked.add(target.registry);
+      throw new RegistryError(`${error.message}; switching to chunked uploads`, 503, 'CHUNKED', 0);
+    }
   }
 
   /**

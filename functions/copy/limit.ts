@@ -12,10 +12,6 @@ export class Semaphore {
     this.#size = size;
   }
 
-  get size(): number {
-    return this.#size;
-  }
-
   /** Units held now. */
   get used(): number {
     return this.#used;
