@@ -9,6 +9,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { createApp, type CloneJob, type JobRunner } from './app.ts';
 import { deliverCallback } from './callback.ts';
 import { ConfigError, loadConfig, type FunctionConfig } from './config.ts';
+import { slotUnits } from './copy/blob.ts';
 import type { Logger } from './copy/image.ts';
 import { createEngine, type CloneEngine } from './engine.ts';
 import { createFunctionMetrics } from './metrics.ts';
@@ -50,7 +51,7 @@ function registryFetch(config: FunctionConfig): FetchLike {
   // Every blob transfer may hold two connections to one registry (a download, and an upload whose
   // body is that download) when source and backup share a host: a pool smaller than that could
   // fill with uploads waiting for downloads that wait for a connection. Idle ones close after 30 s.
-  const transfers = config.transferConcurrency * config.smallBlobsPerSlot;
+  const transfers = slotUnits(config.transferConcurrency, config.smallBlobsPerSlot);
   const dispatcher = new Agent({ connections: 2 * transfers + 8, keepAliveTimeout: 30_000, connectTimeout: 15_000 });
   return async (input, init = {}) => {
     const url = input instanceof URL ? input : new URL(input instanceof Request ? input.url : input);

@@ -32,6 +32,11 @@ export function blobUnits(size: number, smallPerSlot: number): number {
   return size < SMALL_BLOB_BYTES ? 1 : smallPerSlot;
 }
 
+/** Units in `slots` slots: also the most blobs (all of them small) under way in them at once. */
+export function slotUnits(slots: number, smallPerSlot: number): number {
+  return slots * smallPerSlot;
+}
+
 /**
  * Where blobs were last seen in the backup registry, so a blob already held by one backup repository
  * is mounted into another instead of uploaded again. Bounded; forgets the oldest first.
@@ -82,7 +87,7 @@ export class BlobCopier {
 
   constructor(options: BlobCopierOptions) {
     this.#options = options;
-    this.#transfers = new Semaphore(options.transferConcurrency * options.smallBlobsPerSlot);
+    this.#transfers = new Semaphore(slotUnits(options.transferConcurrency, options.smallBlobsPerSlot));
   }
 
   /**

@@ -8,7 +8,7 @@ import { pullScope, pushScope, type HttpResponse } from '../registry/auth.ts';
 import { discard, type RegistryClient } from '../registry/client.ts';
 import { classifyError, describeError, PermanentError, RegistryError } from '../registry/errors.ts';
 import { withRetries, type RetryPolicy } from '../registry/retry.ts';
-import { blobUnits, SMALL_BLOB_BYTES, type BlobCopier, type BlobOutcome, type Repository } from './blob.ts';
+import { blobUnits, slotUnits, SMALL_BLOB_BYTES, type BlobCopier, type BlobOutcome, type Repository } from './blob.ts';
 import { digestOf } from './digest.ts';
 import { mapLimit, Semaphore } from './limit.ts';
 import { MANIFEST_ACCEPT, MANIFEST_SIZE_LIMIT, parseManifest, type Descriptor } from './manifest.ts';
@@ -257,7 +257,7 @@ export class ImageCopier {
       await this.copyTree(source, target, fetched, child.digest, sourceText, emit, progress, fresh);
     });
     const { blobConcurrency, smallBlobsPerSlot } = this.#options;
-    const slots = new Semaphore(blobConcurrency * smallBlobsPerSlot);
+    const slots = new Semaphore(slotUnits(blobConcurrency, smallBlobsPerSlot));
     const copyBlob = async (blob: Descriptor) => {
       const underway = fresh?.uploads.get(blob.digest);
       if (underway !== undefined) {

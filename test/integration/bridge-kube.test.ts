@@ -6,7 +6,7 @@
 import { serve } from '@hono/node-server';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { createServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Hono } from 'hono';
@@ -20,6 +20,7 @@ import { deliverCallback } from '../../functions/callback.ts';
 import { backupLocation, backupReference } from '../../functions/naming.ts';
 import { formatReference, parseReference } from '../../functions/reference.ts';
 import { startKubeCluster, type KubeCluster } from '../support/kube-cluster.ts';
+import { freePort } from '../support/ports.ts';
 import { waitFor as poll } from '../support/wait.ts';
 
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
@@ -118,15 +119,6 @@ async function startStandIn(): Promise<StandIn> {
 }
 
 // --- helpers --------------------------------------------------------------------------------------
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 40_000): Promise<T> {
   return poll(what, probe, timeoutMs, 150);

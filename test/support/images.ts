@@ -552,7 +552,7 @@ export function cosignSignature(seed: string, subject: Descriptor): TestImage {
 
 /** cosign's tag for the signature (`sig`), attestations (`att`) or SBOM (`sbom`) of an image. */
 export function cosignTag(subjectDigest: string, kind: 'sig' | 'att' | 'sbom'): string {
-  return `${subjectDigest.replace(':', '-')}.${kind}`;
+  return `${referrersTag(subjectDigest)}.${kind}`;
 }
 
 /** The tag of the referrers tag schema (OCI distribution 1.1 fallback): 'sha256-<hex>'. */
