@@ -9,9 +9,9 @@ import { once } from 'node:events';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { deliverCallback } from '../functions/callback.ts';
-import { backupReference, type BackupLocation } from '../functions/naming.ts';
-import { formatReference, parseReference } from '../functions/reference.ts';
+import { deliverCallback } from '../functions/jobs.ts';
+import { backupReference, type BackupLocation } from '../functions/contract/index.ts';
+import { formatReference, parseReference } from '../functions/contract/index.ts';
 
 export interface StandInOptions {
   readonly authToken: string;

@@ -25,8 +25,8 @@ import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
-import { backupLocation, backupReference } from '../functions/naming.ts';
-import { parseReference } from '../functions/reference.ts';
+import { backupLocation, backupReference } from '../functions/contract/index.ts';
+import { parseReference } from '../functions/contract/index.ts';
 import {
   MANIFEST_ACCEPT,
   fetchManifest,

@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import type { CloneResult } from '../functions/copy/image.ts';
+import type { CloneResult } from '../functions/contract/index.ts';
 import { freePort } from '../test/support/ports.ts';
 import { stopChild } from '../test/support/processes.ts';
 import { cpuMs, processMemory, type Memory } from './proc.ts';
@@ -18,7 +18,7 @@ export const PROJECT_ROOT = resolve(import.meta.dirname, '..');
 const TUNABLES = ['IMAGE_CONCURRENCY', 'BLOB_CONCURRENCY', 'TRANSFER_CONCURRENCY', 'SMALL_BLOBS_PER_SLOT', 'LOG_LEVEL'];
 
 /** One entry of the function's `results`, as the engine reports it. */
-export type { CloneResult } from '../functions/copy/image.ts';
+export type { CloneResult } from '../functions/contract/index.ts';
 
 export interface BenchFunction {
   readonly pid: number;

@@ -5,7 +5,22 @@ import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { backupLocation, ecrRegionOf, type BackupLayout, type BackupLocation } from '../functions/naming.ts';
+import { backupEnvironment, backupSettings, type BackupLocation } from '../functions/contract/index.ts';
+import {
+  boolean,
+  ConfigError,
+  httpUrl,
+  integer,
+  list,
+  logLevel,
+  optionalString,
+  parseEnvironment,
+  secret,
+  type Environment,
+  type LogLevel,
+} from '../lib/env.ts';
+
+export { ConfigError, type Environment };
 
 export interface BridgeConfig {
   /** Path(s) of a kubeconfig; undefined means in-cluster (the pod's ServiceAccount). */
@@ -28,71 +43,14 @@ export interface BridgeConfig {
   readonly leaderElection:
     | { readonly enabled: false }
     | { readonly enabled: true; readonly namespace: string; readonly identity: string; readonly leaseName: string };
-  readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
-}
-
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
+  readonly logLevel: LogLevel;
 }
 
 export const LEASE_NAME = 'image-clone-controller';
 const SERVICE_ACCOUNT_NAMESPACE_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace';
 
-/** An empty value (a ConfigMap key left blank) means unset. */
-const optionalString = z
-  .string()
-  .optional()
-  .transform((value) => (value === undefined || value.trim() === '' ? undefined : value.trim()));
-
-const integer = (fallback: number, min: number, max: number) =>
-  optionalString.transform((value, ctx) => {
-    if (value === undefined) return fallback;
-    const parsed = Number(value);
-    if (!Number.isInteger(parsed) || parsed < min || parsed > max) {
-      ctx.addIssue({ code: 'custom', message: `must be an integer from ${min} to ${max}` });
-      return z.NEVER;
-    }
-    return parsed;
-  });
-
-const httpUrl = (what: string) =>
-  optionalString.transform((value, ctx) => {
-    if (value === undefined) return undefined;
-    let url: URL;
-    try {
-      url = new URL(value);
-    } catch {
-      ctx.addIssue({ code: 'custom', message: `must be an http(s) URL (${what})` });
-      return z.NEVER;
-    }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-      ctx.addIssue({ code: 'custom', message: `must be an http(s) URL (${what})` });
-      return z.NEVER;
-    }
-    if (url.username !== '' || url.password !== '') {
-      ctx.addIssue({ code: 'custom', message: 'must not carry credentials (use AUTH_TOKEN)' });
-      return z.NEVER;
-    }
-    return value;
-  });
-
-const optionalBoolean = optionalString.transform((value, ctx) => {
-  if (value === undefined) return undefined;
-  if (/^(1|true|yes|on)$/i.test(value)) return true;
-  if (/^(0|false|no|off)$/i.test(value)) return false;
-  ctx.addIssue({ code: 'custom', message: 'must be true or false' });
-  return z.NEVER;
-});
-
-const secret = (purpose: string) =>
-  z
-    .string({ error: `is required (${purpose})` })
-    .min(16, 'must be at least 16 characters (generate one with: openssl rand -hex 32)');
-
 const environment = z.object({
+  ...backupEnvironment,
   KUBECONFIG: optionalString,
   KUBERNETES_SERVICE_HOST: optionalString,
   FUNCTION_URL: httpUrl('the clone function base URL').refine(
@@ -102,25 +60,7 @@ const environment = z.object({
   AUTH_TOKEN: secret('the bearer token the clone function expects'),
   CALLBACK_SECRET: secret('the HMAC key shared with the clone function'),
   CALLBACK_URL: httpUrl("this bridge's /callback as the function reaches it"),
-  BACKUP_REGISTRY: optionalString.transform((value) => value ?? 'docker.io'),
-  BACKUP_NAMESPACE: optionalString.refine(
-    (value) => value !== undefined,
-    'is required (Docker Hub account, ECR prefix or path of the backups)',
-  ),
-  // Same meaning as for the function: the backup is ECR (single separators in names) even when its
-  // host does not say so (a VPC endpoint, a stand-in). Both sides must compute the same names.
-  ECR_REGION: optionalString.pipe(
-    z
-      .string()
-      .regex(/^[a-z]{2}(?:-[a-z]+)+-\d$/, 'must be an AWS region such as eu-west-1')
-      .optional(),
-  ),
-  BACKUP_LAYOUT: optionalString.pipe(z.enum(['flat', 'nested'], { error: 'must be flat or nested' }).optional()),
-  IGNORE_NAMESPACES: optionalString.transform((value, ctx) => {
-    const names = (value ?? '')
-      .split(',')
-      .map((name) => name.trim())
-      .filter(Boolean);
+  IGNORE_NAMESPACES: list.transform((names, ctx) => {
     for (const name of names) {
       if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(name) || name.length > 63) {
         ctx.addIssue({ code: 'custom', message: `"${name.slice(0, 80)}" is not a namespace name` });
@@ -132,19 +72,11 @@ const environment = z.object({
   WORKERS: integer(4, 1, 256),
   RESYNC_SECONDS: integer(300, 10, 86_400),
   CLONE_TIMEOUT_SECONDS: integer(1800, 10, 86_400),
-  LEADER_ELECTION: optionalBoolean,
+  LEADER_ELECTION: boolean(undefined),
   POD_NAMESPACE: optionalString,
   POD_NAME: optionalString,
-  LOG_LEVEL: optionalString.pipe(
-    z
-      .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
-        error: 'must be one of fatal, error, warn, info, debug, trace, silent',
-      })
-      .optional(),
-  ),
+  LOG_LEVEL: logLevel,
 });
-
-export type Environment = Readonly<Record<string, string | undefined>>;
 
 export interface ConfigSources {
   /** Reads the pod's namespace when POD_NAMESPACE is unset (injectable for tests). */
@@ -153,26 +85,12 @@ export interface ConfigSources {
 }
 
 export function loadConfig(env: Environment, sources: ConfigSources = {}): BridgeConfig {
-  const parsed = environment.safeParse(env);
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map((issue) => `${issue.path.join('.')} ${issue.message}`);
-    throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
-  }
-  const values = parsed.data;
+  const values = parseEnvironment(environment, env);
   const inCluster = values.KUBECONFIG === undefined;
   if (inCluster && values.KUBERNETES_SERVICE_HOST === undefined) {
     throw new ConfigError('invalid configuration: KUBECONFIG is required outside a cluster (no KUBERNETES_SERVICE_HOST)');
   }
-
-  let backup: BackupLocation;
-  try {
-    backup = backupLocation(values.BACKUP_REGISTRY, values.BACKUP_NAMESPACE!, {
-      ...(values.BACKUP_LAYOUT !== undefined && { layout: values.BACKUP_LAYOUT as BackupLayout }),
-      ecr: (values.ECR_REGION ?? ecrRegionOf(values.BACKUP_REGISTRY)) !== undefined,
-    });
-  } catch (error) {
-    throw new ConfigError(`invalid configuration: BACKUP_NAMESPACE: ${(error as Error).message}`);
-  }
+  const { backup } = backupSettings(values);
 
   let leaderElection: BridgeConfig['leaderElection'] = { enabled: false };
   if (values.LEADER_ELECTION ?? inCluster) {
@@ -205,7 +123,7 @@ export function loadConfig(env: Environment, sources: ConfigSources = {}): Bridg
     resyncSeconds: values.RESYNC_SECONDS,
     cloneTimeoutSeconds: values.CLONE_TIMEOUT_SECONDS,
     leaderElection,
-    logLevel: values.LOG_LEVEL ?? 'info',
+    logLevel: values.LOG_LEVEL,
   };
 }
 

@@ -7,7 +7,7 @@ import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { CALLBACK_HEADERS, CALLBACK_TOLERANCE_SECONDS, verifyCallback } from '../functions/callback.ts';
+import { CALLBACK_HEADERS, CALLBACK_TOLERANCE_SECONDS, verifyCallback } from '../functions/contract/index.ts';
 import type { ResultIntake } from './intake.ts';
 import type { BridgeMetrics } from './metrics.ts';
 import { ReplayCache } from './replay-cache.ts';

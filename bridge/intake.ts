@@ -4,7 +4,7 @@
 // Nothing is patched here: the reconciler does that from the current object (level-triggered).
 
 import type { Logger } from 'pino';
-import type { BackupLocation } from '../functions/naming.ts';
+import type { BackupLocation } from '../functions/contract/index.ts';
 import type { ImageLedger } from './image-ledger.ts';
 import type { BridgeMetrics } from './metrics.ts';
 import { checkResult, type CloneResult, type ResultRejection } from './results.ts';

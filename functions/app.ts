@@ -4,23 +4,16 @@
 import { Buffer } from 'node:buffer';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';
-import { z } from 'zod';
-import type { CloneEvent, CloneResult, Logger } from './copy/image.ts';
+import type { z } from 'zod';
+import { readBounded } from '../lib/body.ts';
+import { cloneRequestSchema, parseReference, type CloneEvent, type CloneResult } from './contract/index.ts';
 import type { CloneEngine } from './engine.ts';
-import { parseReference } from './reference.ts';
+import type { JobRunner } from './jobs.ts';
+import type { Logger } from './log.ts';
 
 export const BODY_LIMIT_BYTES = 256 * 1024;
-
-export interface CloneJob {
-  readonly id: string;
-  readonly images: readonly string[];
-  readonly callback: { readonly url: string; readonly context?: unknown };
-}
-
-/** Runs callback jobs after the answer: in-process on Node, on a Queue on Workers. */
-export interface JobRunner {
-  submit(job: CloneJob): Promise<void>;
-}
+/** Bytes of an oversized body read (and dropped) so the client can still read the answer. */
+const DRAIN_LIMIT_BYTES = 16 * 1024 * 1024;
 
 export interface AppOptions {
   readonly authToken: string;
@@ -53,8 +46,11 @@ export function createApp(options: AppOptions): Hono {
   options.extend?.(app);
 
   app.post('/clone', async (c) => {
-    const text = await readBodyLimited(c.req.raw, BODY_LIMIT_BYTES);
-    if (text === undefined) return c.json({ error: `request body larger than ${BODY_LIMIT_BYTES / 1024} KiB` }, 400);
+    // An oversized body is still read to its end (up to a bound): closing the connection
+    // mid-upload would hide the 400 from the client.
+    const { bytes, truncated } = await readBounded(c.req.raw.body, { limit: BODY_LIMIT_BYTES, drainUpTo: DRAIN_LIMIT_BYTES });
+    if (truncated) return c.json({ error: `request body larger than ${BODY_LIMIT_BYTES / 1024} KiB` }, 400);
+    const text = new TextDecoder().decode(bytes);
     let body: unknown;
     try {
       body = JSON.parse(text);
@@ -90,53 +86,6 @@ export function createApp(options: AppOptions): Hono {
     return c.json({ error: 'internal error' }, 500);
   });
   return app;
-}
-
-/** Bytes of an oversized body read (and dropped) so the client can still read the answer. */
-const DRAIN_LIMIT_BYTES = 16 * 1024 * 1024;
-
-/**
- * The body as text, or undefined when it exceeds `limit`. An oversized body is still read to its
- * end (up to a bound): closing the connection mid-upload would hide the 400 from the client.
- */
-async function readBodyLimited(request: Request, limit: number): Promise<string | undefined> {
-  if (!request.body) return '';
-  const reader = request.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > DRAIN_LIMIT_BYTES) {
-      await reader.cancel();
-      return undefined;
-    }
-    if (size <= limit) chunks.push(value);
-  }
-  if (size > limit) return undefined;
-  const bytes = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return new TextDecoder().decode(bytes);
-}
-
-function cloneRequestSchema(maxImages: number) {
-  return z.strictObject({
-    images: z
-      .array(z.string({ error: 'each image must be a string' }), { error: '"images" must be a list of image references' })
-      .min(1, '"images" must hold at least one image')
-      .max(maxImages, `"images" holds more than ${maxImages} images (MAX_IMAGES_PER_REQUEST)`),
-    callback: z
-      .strictObject({
-        url: z.url({ protocol: /^https?$/, error: '"callback.url" must be an http(s) URL' }),
-        context: z.unknown().optional(),
-      })
-      .optional(),
-  });
 }
 
 function describeIssues(error: z.ZodError, body: unknown): string {

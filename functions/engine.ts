@@ -2,15 +2,19 @@
 // keeps its length, a logger). Portable: the Node and Worker entry points both call this.
 
 import type { ECRClientConfig } from '@aws-sdk/client-ecr';
+import { describeError } from '../lib/errors.ts';
+import { mapLimit } from '../lib/semaphore.ts';
 import type { FunctionConfig } from './config.ts';
+import type { CloneEvent, CloneResult } from './contract/index.ts';
 import { BlobCopier, KnownBlobs, type Runtime } from './copy/blob.ts';
-import { ImageCopier, type CloneEvent, type CloneResult, type Logger } from './copy/image.ts';
-import { mapLimit } from './copy/limit.ts';
+import { ImageCopier } from './copy/image.ts';
+import { TreeCopier } from './copy/tree.ts';
 import { Ecr } from './ecr.ts';
-import type { FetchLike } from './registry/auth.ts';
+import type { Logger } from './log.ts';
 import { RegistryClient } from './registry/client.ts';
 import { StaticCredentials, type CredentialSource } from './registry/credentials.ts';
-import { describeError } from './registry/errors.ts';
+import type { FetchLike } from './registry/http.ts';
+import { Repository } from './registry/repository.ts';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './registry/retry.ts';
 
 /** Hooks for metrics; every one optional. */
@@ -70,7 +74,6 @@ export function createEngine(options: EngineOptions): CloneEngine {
     ...(options.userAgent !== undefined && { userAgent: options.userAgent }),
   });
   const blobs = new BlobCopier({
-    client,
     runtime: options.runtime,
     known: new KnownBlobs(),
     transferConcurrency: config.transferConcurrency,
@@ -79,13 +82,10 @@ export function createEngine(options: EngineOptions): CloneEngine {
     onRetry: logRetry,
   });
   const images = new ImageCopier({
-    client,
-    blobs,
+    repository: (name, access) => new Repository(client, name, access, retryPolicy),
+    tree: new TreeCopier({ blobs, blobConcurrency: config.blobConcurrency, smallBlobsPerSlot: config.smallBlobsPerSlot }),
     backup: config.backup,
     logger,
-    blobConcurrency: config.blobConcurrency,
-    smallBlobsPerSlot: config.smallBlobsPerSlot,
-    retryPolicy,
     ...(ecr && { prepareTarget: (repository: string) => ecr.ensureRepository(repository) }),
   });
 

@@ -1,7 +1,7 @@
 // Prometheus metrics of the clone function on Node (GET /metrics), fed by the engine's observer.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { CloneResult } from './copy/image.ts';
+import type { CloneResult } from './contract/index.ts';
 import type { EngineObserver } from './engine.ts';
 
 export interface FunctionMetrics {
@@ -47,7 +47,7 @@ export function createFunctionMetrics(): FunctionMetrics {
       cloneFinished: (result: CloneResult) => {
         inFlight.dec();
         clones.inc({ status: result.status });
-        duration.observe({ status: result.status }, result.ms / 1000);
+        duration.observe({ status: result.status }, (result.ms ?? 0) / 1000);
         if (result.bytes) bytes.inc(result.bytes);
       },
       retried: () => retries.inc(),

@@ -3,12 +3,12 @@
 // for streamed uploads, JSON console logs, and callback jobs on a Queue, whose consumer may run for
 // 15 minutes where waitUntil stops 30 s after the response.
 
-import { createApp, type CloneJob } from './app.ts';
-import { deliverCallback } from './callback.ts';
+import { createApp } from './app.ts';
 import { loadConfig, type FunctionConfig } from './config.ts';
-import type { Logger } from './copy/image.ts';
 import { createEngine, type CloneEngine } from './engine.ts';
-import type { FetchLike } from './registry/auth.ts';
+import { runCloneJob, type CloneJob } from './jobs.ts';
+import type { Logger } from './log.ts';
+import type { FetchLike } from './registry/http.ts';
 import { DEFAULT_RETRY_POLICY } from './registry/retry.ts';
 
 // The few workerd types used here, declared rather than pulling @cloudflare/workers-types, whose
@@ -117,14 +117,10 @@ export default {
   async queue(batch: MessageBatch<CloneJob>, env: WorkerEnv): Promise<void> {
     const { config, engine } = instance(env);
     for (const message of batch.messages) {
-      const job = message.body;
-      const results = await engine.cloneAll(job.images);
-      const delivered = await deliverCallback({
+      const delivered = await runCloneJob(message.body, {
+        engine,
         fetch: (input, init) => fetch(input, init),
-        url: job.callback.url,
         secret: config.callbackSecret!,
-        job: job.id,
-        body: JSON.stringify({ job: job.id, context: job.callback.context ?? null, results }),
         deadlineMs: Math.min(config.callbackDeadlineSeconds * 1000, QUEUE_CALLBACK_DEADLINE_MS),
         policy: DEFAULT_RETRY_POLICY,
         logger,

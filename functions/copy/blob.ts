@@ -1,18 +1,14 @@
 // Copies one blob registry-to-registry: check existing → mount → upload, streaming the source body
 // into a monolithic PUT with Content-Length while its digest is verified. Holds no blob over 64 KiB whole.
 
-import { pullScope, pushScope, type HttpResponse } from '../registry/auth.ts';
-import { discard, type RegistryClient } from '../registry/client.ts';
+import { Semaphore } from '../../lib/semaphore.ts';
+import { DigestVerifier, digestOf } from '../registry/digest.ts';
 import { classifyError, DigestMismatchError, RegistryError } from '../registry/errors.ts';
+import { discard, type HttpResponse } from '../registry/http.ts';
+import type { Descriptor } from '../registry/manifest.ts';
+import type { Repository } from '../registry/repository.ts';
 import { withRetries, type RetryPolicy } from '../registry/retry.ts';
-import { DigestVerifier, digestOf } from './digest.ts';
-import { Semaphore } from './limit.ts';
-import type { Descriptor } from './manifest.ts';
-
-export interface Repository {
-  readonly registry: string;
-  readonly repository: string;
-}
+import type { CopyContext } from './context.ts';
 
 /** Runtime hooks: how a streamed body keeps its length (workerd needs FixedLengthStream). */
 export interface Runtime {
@@ -66,7 +62,6 @@ export class KnownBlobs {
 }
 
 export interface BlobCopierOptions {
-  readonly client: RegistryClient;
   readonly runtime: Runtime;
   readonly known: KnownBlobs;
   /** Blob transfers at once across every copy in this process (TRANSFER_CONCURRENCY). */
@@ -91,20 +86,15 @@ export class BlobCopier {
   }
 
   /**
-   * Makes `target` hold the blob. Retries the whole transfer (a stream cannot be resent).
-   * `absent`: the caller knows the target repository cannot hold it yet, so no HEAD asks.
+   * Makes the context's target hold the blob. Retries the whole transfer (a stream cannot be
+   * resent). `absent`: the caller knows the target repository cannot hold it yet, so no HEAD asks.
    */
-  async copy(
-    source: Repository,
-    target: Repository,
-    blob: Descriptor,
-    onBytes?: (done: number) => void,
-    options: { readonly absent?: boolean } = {},
-  ): Promise<BlobOutcome> {
-    const what = `blob ${blob.digest} of ${source.registry}/${source.repository}`;
+  async copy(context: CopyContext, blob: Descriptor, options: { readonly absent?: boolean } = {}): Promise<BlobOutcome> {
+    const what = `blob ${blob.digest} of ${context.source}`;
+    const onBytes = context.blobProgress(blob);
     return this.#transfers.run(
       () =>
-        withRetries(() => this.#copyOnce(source, target, blob, what, onBytes, options.absent === true), {
+        withRetries(() => this.#copyOnce(context.source, context.target, blob, what, onBytes, options.absent === true), {
           policy: this.#options.retryPolicy,
           classify: classifyError,
           onRetry: (info) => this.#options.onRetry?.({ what, ...info }),
@@ -118,24 +108,13 @@ export class BlobCopier {
     target: Repository,
     blob: Descriptor,
     what: string,
-    onBytes: ((done: number) => void) | undefined,
+    onBytes: (done: number) => void,
     absent: boolean,
   ): Promise<BlobOutcome> {
-    const { client, known } = this.#options;
-    if (!absent) {
-      const head = await client.send({
-        registry: target.registry,
-        method: 'HEAD',
-        path: `/v2/${target.repository}/blobs/${blob.digest}`,
-        scopes: [pushScope(target.repository)],
-        what: `check ${what} in the backup`,
-        expect: [200, 404],
-      });
-      await discard(head);
-      if (head.status === 200) {
-        known.remember(target.registry, target.repository, blob.digest);
-        return 'present';
-      }
+    const { known } = this.#options;
+    if (!absent && (await target.hasBlob(blob.digest, what))) {
+      known.remember(target.registry, target.repository, blob.digest);
+      return 'present';
     }
 
     // Mount from a repository of the same registry that holds the blob: the source itself when the
@@ -146,18 +125,7 @@ export class BlobCopier {
         : known.holder(target.registry, blob.digest, target.repository);
     // Aborted once the upload ends, so a download the upload stopped reading does not linger.
     const downloadControl = new AbortController();
-    const startDownload = () =>
-      client.send({
-        registry: source.registry,
-        method: 'GET',
-        path: `/v2/${source.repository}/blobs/${blob.digest}`,
-        scopes: [pullScope(source.repository)],
-        what: `download ${what}`,
-        expect: [200],
-        // Compressed transfer would be undone by fetch and the bytes would no longer hash to the digest.
-        headers: { 'accept-encoding': 'identity' },
-        signal: downloadControl.signal,
-      });
+    const startDownload = () => source.getBlob(blob.digest, what, downloadControl.signal);
     // Without a mount to try, the upload will need the source's bytes: ask for them while the
     // upload session starts, one round trip less per blob.
     const early = mountFrom ? undefined : startDownload();
@@ -166,34 +134,17 @@ export class BlobCopier {
       downloadControl.abort();
       await early?.then(discard, () => {});
     };
-    let start: HttpResponse;
+    let start;
     try {
-      start = await client.send({
-        registry: target.registry,
-        method: 'POST',
-        path:
-          `/v2/${target.repository}/blobs/uploads/` +
-          (mountFrom ? `?mount=${encodeURIComponent(blob.digest)}&from=${encodeURIComponent(mountFrom)}` : ''),
-        scopes: mountFrom ? [pushScope(target.repository), pullScope(mountFrom)] : [pushScope(target.repository)],
-        what: `start upload of ${what}`,
-        expect: [201, 202],
-        headers: { 'content-length': '0' },
-        body: new Uint8Array(0),
-      });
+      start = await target.startUpload(what, mountFrom ? { digest: blob.digest, from: mountFrom } : undefined);
     } catch (error) {
       await abandonDownload();
       throw error;
     }
-    await discard(start);
-    if (start.status === 201) {
+    if (start.mounted) {
       await abandonDownload();
       known.remember(target.registry, target.repository, blob.digest);
       return 'mounted';
-    }
-    const location = start.headers.get('location');
-    if (!location) {
-      await abandonDownload();
-      throw new RegistryError(`start upload of ${what}: the registry sent no upload location`, 502);
     }
 
     let download: HttpResponse;
@@ -203,8 +154,7 @@ export class BlobCopier {
       downloadControl.abort();
       throw error;
     }
-    const upload = await this.#upload(target, location, blob, { response: download, control: downloadControl }, what, onBytes);
-    await discard(upload);
+    await this.#upload(target, start.location, blob, { response: download, control: downloadControl }, what, onBytes);
     known.remember(target.registry, target.repository, blob.digest);
     return 'uploaded';
   }
@@ -219,8 +169,8 @@ export class BlobCopier {
     blob: Descriptor,
     download: { readonly response: HttpResponse; readonly control: AbortController },
     what: string,
-    onBytes: ((done: number) => void) | undefined,
-  ): Promise<HttpResponse> {
+    onBytes: (done: number) => void,
+  ): Promise<void> {
     const { response, control } = download;
     const inChunks = this.#chunked.has(target.registry);
     if (!inChunks && arrivesInOneRead(response, blob)) {
@@ -233,7 +183,7 @@ export class BlobCopier {
         control.abort();
         throw error;
       }
-      onBytes?.(blob.size);
+      onBytes(blob.size);
       return this.#uploadWhole(target, location, blob, bytes, what);
     }
     if (!response.body) {
@@ -264,19 +214,9 @@ export class BlobCopier {
     blob: Descriptor,
     body: ReadableStream<Uint8Array> | Uint8Array,
     what: string,
-  ): Promise<HttpResponse> {
+  ): Promise<void> {
     try {
-      return await this.#options.client.send({
-        registry: target.registry,
-        method: 'PUT',
-        path: withDigest(location, blob.digest),
-        scopes: [pushScope(target.repository)],
-        what: `upload ${what}`,
-        expect: [201, 204],
-        headers: { 'content-type': 'application/octet-stream', 'content-length': String(blob.size) },
-        body,
-        once: true,
-      });
+      await target.finishUpload(location, blob.digest, blob.size, body, what);
     } catch (error) {
       if (!(error instanceof RegistryError && error.status === 413)) throw error;
       this.#chunked.add(target.registry);
@@ -289,41 +229,16 @@ export class BlobCopier {
    * each to the location the previous answer gave, then an empty PUT with the digest.
    */
   async #uploadInChunks(target: Repository, location: string, blob: Descriptor, body: ReadableStream<Uint8Array>, what: string) {
-    const { client, runtime } = this.#options;
     const chunkSize = this.#options.chunkSize ?? DEFAULT_CHUNK_SIZE;
     const slices = new StreamSlicer(body);
     let next = location;
     for (let offset = 0; offset < blob.size; offset += chunkSize) {
       const length = Math.min(chunkSize, blob.size - offset);
-      const response = await client.send({
-        registry: target.registry,
-        method: 'PATCH',
-        path: next,
-        scopes: [pushScope(target.repository)],
-        what: `upload ${what} (bytes ${offset}-${offset + length - 1})`,
-        expect: [202, 201, 204],
-        headers: {
-          'content-type': 'application/octet-stream',
-          'content-length': String(length),
-          'content-range': `${offset}-${offset + length - 1}`,
-        },
-        body: runtime.sizedBody(slices.next(length), length),
-      });
-      await discard(response);
-      next = response.headers.get('location') ?? next;
+      next = await target.uploadChunk(next, offset, length, this.#options.runtime.sizedBody(slices.next(length), length), what);
     }
     // The verifier holds the last bytes back until the digest is checked: drain to its end.
     await slices.finish();
-    return client.send({
-      registry: target.registry,
-      method: 'PUT',
-      path: withDigest(next, blob.digest),
-      scopes: [pushScope(target.repository)],
-      what: `finish upload of ${what}`,
-      expect: [201, 204],
-      headers: { 'content-length': '0' },
-      body: new Uint8Array(0),
-    });
+    await target.commitChunkedUpload(next, blob.digest, what);
   }
 }
 
@@ -349,11 +264,6 @@ async function verifiedBytes(download: HttpResponse, blob: Descriptor, what: str
 
 /** Chunks used once a registry refuses a whole blob in one request (413). */
 const DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024;
-
-/** The upload location is opaque: keep its query as sent and add the digest to it. */
-function withDigest(location: string, digest: string): string {
-  return `${location}${location.includes('?') ? '&' : '?'}digest=${encodeURIComponent(digest)}`;
-}
 
 /** Cuts one stream into consecutive streams of given lengths, passing bytes through as they come. */
 class StreamSlicer {

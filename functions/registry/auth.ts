@@ -3,25 +3,11 @@
 // shortly before they expire; Basic credentials are sent once a registry asked for them.
 // Credentials go only to the registry they belong to, or to the token realm that registry named.
 
+import { readBounded } from '../../lib/body.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
 import type { CredentialSource, Credentials } from './credentials.ts';
 import { RegistryError } from './errors.ts';
-
-/**
- * What the engine reads of an HTTP answer. A fetch Response is one; on Node, registryFetch answers
- * with a lighter object over undici's response (functions/node.ts).
- */
-export interface HttpResponse {
-  readonly status: number;
-  readonly ok: boolean;
-  readonly headers: { get(name: string): string | null };
-  readonly body: ReadableStream<Uint8Array> | null;
-  text(): Promise<string>;
-  json(): Promise<unknown>;
-  arrayBuffer(): Promise<ArrayBuffer>;
-}
-
-export type FetchLike = (input: string | URL | Request, init?: RequestInit) => Promise<HttpResponse>;
+import type { FetchLike, HttpResponse } from './http.ts';
 
 interface CachedToken {
   readonly header: string;
@@ -128,8 +114,9 @@ export class Authenticator {
     if (!response.ok) {
       throw await RegistryError.fromResponse(response, `token request for ${registry} (${url.host})`);
     }
-    const text = await response.text();
-    if (text.length > TOKEN_BODY_LIMIT) throw new RegistryError(`token response for ${registry} too large`, 502);
+    const { bytes, truncated } = await readBounded(response.body, { limit: TOKEN_BODY_LIMIT });
+    if (truncated) throw new RegistryError(`token response for ${registry} too large`, 502);
+    const text = new TextDecoder().decode(bytes);
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
       body = JSON.parse(text);

@@ -2,10 +2,11 @@
 // authorization, one re-auth on 401, redirects that never carry Authorization to another host,
 // and retries of replayable requests on 408/429/5xx and dropped connections.
 
-import { registryApiHost } from '../reference.ts';
-import { Authenticator, type FetchLike, type HttpResponse } from './auth.ts';
+import { registryApiHost } from '../contract/index.ts';
+import { Authenticator } from './auth.ts';
 import type { CredentialSource } from './credentials.ts';
 import { classifyError, RegistryError } from './errors.ts';
+import { discard, type FetchLike, type HttpResponse } from './http.ts';
 import { DEFAULT_RETRY_POLICY, withRetries, type RetryPolicy } from './retry.ts';
 
 export interface RegistryClientOptions {
@@ -139,14 +140,5 @@ export class RegistryClient {
       }
       url = next;
     }
-  }
-}
-
-/** Releases a response we do not read, so its connection goes back to the pool. */
-export async function discard(response: HttpResponse): Promise<void> {
-  try {
-    await response.body?.cancel();
-  } catch {
-    // Already closed.
   }
 }

@@ -1,7 +1,7 @@
 // Registry credentials from a Docker config JSON ({"auths": {host: {auth | username+password}}}),
 // the format of ~/.docker/config.json and of kubernetes.io/dockerconfigjson Secrets.
 
-import { isDockerHub } from '../reference.ts';
+import { isDockerHub } from '../contract/index.ts';
 
 export interface Credentials {
   readonly username: string;

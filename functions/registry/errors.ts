@@ -1,4 +1,7 @@
-import type { HttpResponse } from './auth.ts';
+// What goes wrong talking to a registry, and whether trying again can help.
+
+import { readBounded } from '../../lib/body.ts';
+import type { HttpResponse } from './http.ts';
 import { isRetryableStatus, parseRetryAfter, type RetryVerdict } from './retry.ts';
 
 const ERROR_BODY_LIMIT = 4096;
@@ -19,7 +22,7 @@ export class RegistryError extends Error {
 
   /** Reads the registry's error body ({"errors":[{code,message}]}) into a readable message. */
   static async fromResponse(response: HttpResponse, what: string): Promise<RegistryError> {
-    const text = await readLimited(response, ERROR_BODY_LIMIT);
+    const text = await errorBody(response);
     let code: string | undefined;
     let detail = '';
     try {
@@ -35,6 +38,16 @@ export class RegistryError extends Error {
     const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
     const message = `${what}: HTTP ${response.status}${detail ? ` (${detail})` : ''}`;
     return new RegistryError(message, response.status, code, retryAfterMs);
+  }
+}
+
+/** The first few KiB of an error answer; a broken body still leaves the status to report. */
+async function errorBody(response: HttpResponse): Promise<string> {
+  try {
+    const { bytes } = await readBounded(response.body, { limit: ERROR_BODY_LIMIT });
+    return new TextDecoder().decode(bytes);
+  } catch {
+    return '';
   }
 }
 
@@ -67,46 +80,4 @@ export function classifyError(error: unknown): RetryVerdict {
   if (error instanceof PermanentError) return { retry: false };
   if (error instanceof Error && error.name === 'AbortError') return { retry: false };
   return { retry: true };
-}
-
-/** Reads at most `limit` bytes of a body as text and drops the rest. */
-export async function readLimited(response: HttpResponse, limit: number): Promise<string> {
-  if (!response.body) return '';
-  const reader = response.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  try {
-    while (size < limit) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      chunks.push(value);
-      size += value.byteLength;
-    }
-  } catch {
-    // A broken error body still leaves the status to report.
-  } finally {
-    reader.cancel().catch(() => {});
-  }
-  return new TextDecoder().decode(concat(chunks).subarray(0, limit));
-}
-
-export function concat(chunks: Uint8Array[]): Uint8Array {
-  if (chunks.length === 1) return chunks[0]!;
-  const total = chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0);
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return out;
-}
-
-/** Describes an error for a result or a log line: one line, no stack. */
-export function describeError(error: unknown): string {
-  if (error instanceof Error) {
-    const cause = error.cause instanceof Error ? `: ${error.cause.message}` : '';
-    return `${error.message}${cause}`;
-  }
-  return String(error);
 }

@@ -1,5 +1,7 @@
 // Retries with exponential backoff and full jitter, honouring Retry-After, within a bounded total.
 
+import { fullJitterDelay } from '../../lib/backoff.ts';
+
 export interface RetryPolicy {
   /** Attempts in all, the first included. */
   readonly maxAttempts: number;
@@ -36,8 +38,7 @@ export function parseRetryAfter(header: string | null | undefined, now = Date.no
 
 /** Full jitter: uniform in [0, min(max, base · 2^retry)). */
 export function backoffDelay(retry: number, policy: RetryPolicy, random: () => number = Math.random): number {
-  const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** retry);
-  return Math.floor(random() * ceiling);
+  return fullJitterDelay(retry, { baseMs: policy.baseDelayMs, maxMs: policy.maxDelayMs }, random);
 }
 
 /** What an error says about trying again. */

@@ -12,8 +12,8 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FINALIZER, OPT_OUT_ANNOTATION, type WorkloadKind } from '../../bridge/workload.ts';
-import { CALLBACK_HEADERS } from '../../functions/callback.ts';
-import { formatReference, parseReference } from '../../functions/reference.ts';
+import { CALLBACK_HEADERS } from '../../functions/contract/index.ts';
+import { formatReference, parseReference } from '../../functions/contract/index.ts';
 import { dockerImage, ociImage, type TestImage } from '../support/images.ts';
 import {
   CONTROLLER_NAMESPACE,

@@ -24,9 +24,9 @@ import { createServer as createHttpServer, request as httpRequest, type Incoming
 import { createConnection, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { backupLocation, backupReference, type BackupLocation } from '../../functions/naming.ts';
+import { backupLocation, backupReference, type BackupLocation } from '../../functions/contract/index.ts';
 import { bundleBridge } from '../../scripts/bundle-bridge.ts';
-import { formatReference, parseReference } from '../../functions/reference.ts';
+import { formatReference, parseReference } from '../../functions/contract/index.ts';
 import { startNodeFunction, type CloneFunction } from '../support/clone-function.ts';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
 import {

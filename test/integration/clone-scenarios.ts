@@ -6,9 +6,9 @@ import { createHmac } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CloneResult } from '../../functions/copy/image.ts';
-import { backupLocation, backupReference } from '../../functions/naming.ts';
-import { parseReference, repositoryName } from '../../functions/reference.ts';
+import type { CloneResult } from '../../functions/contract/index.ts';
+import { backupLocation, backupReference } from '../../functions/contract/index.ts';
+import { parseReference, repositoryName } from '../../functions/contract/index.ts';
 import type { CloneFunction, FunctionEnv } from '../support/clone-function.ts';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
 import {

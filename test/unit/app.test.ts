@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { createApp, type CloneJob } from '../../functions/app.ts';
-import type { CloneEvent, CloneResult } from '../../functions/copy/image.ts';
+import { createApp } from '../../functions/app.ts';
+import type { CloneJob } from '../../functions/jobs.ts';
+import type { CloneEvent, CloneResult } from '../../functions/contract/index.ts';
 import type { CloneEngine } from '../../functions/engine.ts';
 
 const TOKEN = 'a-long-enough-test-token';

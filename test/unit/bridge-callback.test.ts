@@ -5,8 +5,8 @@ import { ImageLedger } from '../../bridge/image-ledger.ts';
 import { ResultIntake } from '../../bridge/intake.ts';
 import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
 import { ReplayCache } from '../../bridge/replay-cache.ts';
-import { signCallback } from '../../functions/callback.ts';
-import { backupLocation } from '../../functions/naming.ts';
+import { signCallback } from '../../functions/contract/index.ts';
+import { backupLocation } from '../../functions/contract/index.ts';
 
 const SECRET = 'callback-secret-0123456789abcdef';
 const DIGEST = `sha256:${'c'.repeat(64)}`;

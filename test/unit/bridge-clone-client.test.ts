@@ -6,8 +6,8 @@ import { ImageLedger } from '../../bridge/image-ledger.ts';
 import { ResultIntake } from '../../bridge/intake.ts';
 import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
 import { expectedTarget } from '../../bridge/results.ts';
-import { backupLocation } from '../../functions/naming.ts';
-import { parseReference } from '../../functions/reference.ts';
+import { backupLocation } from '../../functions/contract/index.ts';
+import { parseReference } from '../../functions/contract/index.ts';
 
 const TOKEN = 'bearer-token-0123456789abcdef';
 const backup = backupLocation('registry.example.com', 'backup');

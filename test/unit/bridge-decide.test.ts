@@ -10,7 +10,7 @@ import {
   type JsonPatchOperation,
 } from '../../bridge/patch.ts';
 import { FINALIZER, OPT_OUT_ANNOTATION, type Workload } from '../../bridge/workload.ts';
-import { backupLocation } from '../../functions/naming.ts';
+import { backupLocation } from '../../functions/contract/index.ts';
 
 // --- a minimal RFC 6902 applier with the API server's all-or-nothing semantics -----------------
 

@@ -9,7 +9,7 @@ import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
 import type { JsonPatchOperation } from '../../bridge/patch.ts';
 import { Reconciler, StaleWorkloadError } from '../../bridge/reconciler.ts';
 import { FINALIZER, type Workload, type WorkloadKind } from '../../bridge/workload.ts';
-import { backupLocation } from '../../functions/naming.ts';
+import { backupLocation } from '../../functions/contract/index.ts';
 
 const backup = backupLocation('registry.example.com', 'backup');
 const DIGEST = `sha256:${'f'.repeat(64)}`;

@@ -10,7 +10,7 @@ import { decide } from '../../bridge/decide.ts';
 import { reuseConnections } from '../../bridge/kube-connections.ts';
 import { listInPages, slimWorkload } from '../../bridge/workload-cache.ts';
 import { FINALIZER, OPT_OUT_ANNOTATION } from '../../bridge/workload.ts';
-import { backupLocation } from '../../functions/naming.ts';
+import { backupLocation } from '../../functions/contract/index.ts';
 
 /** A Deployment as the API server serves it, with the bulk the bridge never reads. */
 function servedDeployment(overrides: { annotations?: Record<string, string>; deletionTimestamp?: string } = {}) {

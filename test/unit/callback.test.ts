@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { deliverCallback, signCallback, verifyCallback } from '../../functions/callback.ts';
+import { signCallback, verifyCallback } from '../../functions/contract/index.ts';
+import { deliverCallback } from '../../functions/jobs.ts';
 
 const SECRET = 'callback-secret-for-tests';
 const silent = { info() {}, warn() {}, error() {}, debug() {} };

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { blobUnits, SMALL_BLOB_BYTES } from '../../functions/copy/blob.ts';
-import { mapLimit, Semaphore } from '../../functions/copy/limit.ts';
+import { mapLimit, Semaphore } from '../../lib/semaphore.ts';
 
 /** A task that stays running until release() is called for it. */
 function gate() {

@@ -1,16 +1,18 @@
 import { describe, expect, it } from 'vitest';
 import { BlobCopier, KnownBlobs } from '../../functions/copy/blob.ts';
 import { ImageCopier } from '../../functions/copy/image.ts';
-import { backupLocation } from '../../functions/naming.ts';
+import { TreeCopier } from '../../functions/copy/tree.ts';
+import { backupLocation } from '../../functions/contract/index.ts';
 import { RegistryClient } from '../../functions/registry/client.ts';
 import { StaticCredentials } from '../../functions/registry/credentials.ts';
+import { Repository } from '../../functions/registry/repository.ts';
 
 const silent = { info() {}, warn() {}, error() {}, debug() {} };
 const policy = { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1, maxTotalMs: 1, maxRetryAfterMs: 1 };
 
-/** A copier whose registry answers every manifest GET with `body` (and the headers given). */
-function copierServing(body: () => ReadableStream<Uint8Array>, headers: Record<string, string> = {}) {
-  const client = new RegistryClient({
+/** A registry client whose registry answers every request with `body` (and the headers given). */
+function clientServing(body: () => ReadableStream<Uint8Array>, headers: Record<string, string> = {}) {
+  return new RegistryClient({
     fetch: async () =>
       new Response(body(), {
         status: 200,
@@ -19,8 +21,15 @@ function copierServing(body: () => ReadableStream<Uint8Array>, headers: Record<s
     credentials: new StaticCredentials(new Map()),
     retryPolicy: policy,
   });
+}
+
+function repositoryServing(body: () => ReadableStream<Uint8Array>, headers: Record<string, string> = {}) {
+  return new Repository(clientServing(body, headers), { registry: 'source.example', repository: 'app' }, 'pull', policy);
+}
+
+function copierServing(body: () => ReadableStream<Uint8Array>) {
+  const client = clientServing(body);
   const blobs = new BlobCopier({
-    client,
     runtime: { sizedBody: (s) => s },
     known: new KnownBlobs(),
     transferConcurrency: 1,
@@ -28,13 +37,10 @@ function copierServing(body: () => ReadableStream<Uint8Array>, headers: Record<s
     retryPolicy: policy,
   });
   return new ImageCopier({
-    client,
-    blobs,
+    repository: (name, access) => new Repository(client, name, access, policy),
+    tree: new TreeCopier({ blobs, blobConcurrency: 1, smallBlobsPerSlot: 1 }),
     backup: backupLocation('backup.example', 'ns'),
     logger: silent,
-    blobConcurrency: 1,
-    smallBlobsPerSlot: 1,
-    retryPolicy: policy,
   });
 }
 
@@ -51,27 +57,23 @@ function chunks(count: number, size: number): () => ReadableStream<Uint8Array> {
 }
 
 describe('manifest size limit (4 MiB)', () => {
-  const repository = { registry: 'source.example', repository: 'app' };
-
   it('refuses a manifest whose Content-Length says it is larger, without reading it', async () => {
     let pulled = 0;
-    const copier = copierServing(
+    const repository = repositoryServing(
       () => new ReadableStream({ pull: (c) => void (pulled++ < 100 ? c.enqueue(new Uint8Array(1024)) : c.close()) }),
       { 'content-length': String(5 * 1024 * 1024) },
     );
-    await expect(copier.fetchManifest(repository, 'v1')).rejects.toThrow(/larger than 4 MiB/);
+    await expect(repository.getManifest('v1')).rejects.toThrow(/larger than 4 MiB/);
     expect(pulled).toBeLessThan(5);
   });
 
   it('stops reading a body that grows past 4 MiB without a Content-Length', async () => {
-    const copier = copierServing(chunks(1000, 64 * 1024));
-    await expect(copier.fetchManifest(repository, 'v1')).rejects.toThrow(/larger than 4 MiB/);
+    await expect(repositoryServing(chunks(1000, 64 * 1024)).getManifest('v1')).rejects.toThrow(/larger than 4 MiB/);
   });
 
   it('accepts a manifest of exactly 4 MiB', async () => {
-    const copier = copierServing(chunks(64, 64 * 1024));
     // 4 MiB of spaces is not JSON: the size passes, the parse fails.
-    await expect(copier.fetchManifest(repository, 'v1')).rejects.toThrow(/not valid JSON/);
+    await expect(repositoryServing(chunks(64, 64 * 1024)).getManifest('v1')).rejects.toThrow(/not valid JSON/);
   });
 
   it('copies an image through copy() and reports a failure as a result, never a throw', async () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { DigestVerifier, digestOf } from '../../functions/copy/digest.ts';
-import { MEDIA_TYPES, parseManifest } from '../../functions/copy/manifest.ts';
+import { DigestVerifier, digestOf } from '../../functions/registry/digest.ts';
+import { MEDIA_TYPES, parseManifest } from '../../functions/registry/manifest.ts';
 import { DigestMismatchError } from '../../functions/registry/errors.ts';
 
 const enc = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));

@@ -5,12 +5,24 @@ import {
   backupReference,
   backupRepository,
   backupTag,
-  decodeFlat,
   encodeFlat,
   isBackupImage,
-} from '../../functions/naming.ts';
-import { NAME_TOTAL_LENGTH_MAX, parseReference, repositoryName } from '../../functions/reference.ts';
+  NAME_TOTAL_LENGTH_MAX,
+  parseReference,
+  repositoryName,
+} from '../../functions/contract/index.ts';
 import { arbitraryRepositoryName } from './reference.test.ts';
+
+/** The inverse of encodeFlat: proves the mapping never merges two names. */
+function decodeFlat(encoded: string): string {
+  return encoded.replace(/_+|-+/g, (run) => {
+    if (run === '_') return '/';
+    if (run === '__') return '.';
+    if (run[0] === '_') throw new Error(`not a flat name: "${encoded}"`);
+    const decoded = ['-', '_', '__', ':'][run.length - 1];
+    return decoded ?? '-'.repeat(run.length - 3);
+  });
+}
 
 const hub = backupLocation('docker.io', 'backupacct');
 const oci = backupLocation('registry.example.com:5000', 'backup/mirror');

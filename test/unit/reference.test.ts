@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { familiarName, formatReference, parseReference, registryApiHost } from '../../functions/reference.ts';
+import { familiarName, formatReference, parseReference, registryApiHost } from '../../functions/contract/index.ts';
 
 const digest = `sha256:${'ab'.repeat(32)}`;
 

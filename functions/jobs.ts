@@ -1,42 +1,48 @@
-// Signed callbacks: HMAC-SHA256 over "<timestamp>.<body>" with CALLBACK_SECRET. The function signs
-// and delivers; the bridge verifies with the same functions.
+// Callback jobs: a request with a callback is answered 202 at once; the copy runs as a job (in
+// this process on Node, from a Queue on Workers) and its results are POSTed, signed, to the
+// caller's URL until a 2xx answer or the deadline.
 
-import { Buffer } from 'node:buffer';
-import { createHmac, timingSafeEqual } from 'node:crypto';
-import type { FetchLike } from './registry/auth.ts';
+import { describeError } from '../lib/errors.ts';
+import { CALLBACK_HEADERS, signCallback, type CallbackBody } from './contract/index.ts';
+import type { CloneEngine } from './engine.ts';
+import type { Logger } from './log.ts';
+import type { FetchLike } from './registry/http.ts';
 import { backoffDelay, parseRetryAfter, type RetryPolicy } from './registry/retry.ts';
-import type { Logger } from './copy/image.ts';
 
-export const CALLBACK_HEADERS = {
-  job: 'x-clone-job',
-  timestamp: 'x-clone-timestamp',
-  signature: 'x-clone-signature',
-} as const;
-
-/** How far a callback's timestamp may be from the receiver's clock. */
-export const CALLBACK_TOLERANCE_SECONDS = 300;
-
-export function signCallback(secret: string, timestamp: number, body: string): string {
-  return `sha256=${createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')}`;
+export interface CloneJob {
+  readonly id: string;
+  readonly images: readonly string[];
+  readonly callback: { readonly url: string; readonly context?: unknown };
 }
 
-export type SignatureVerdict = { ok: true } | { ok: false; reason: 'missing' | 'stale' | 'mismatch' };
+/** Runs callback jobs after the answer: in-process on Node, on a Queue on Workers. */
+export interface JobRunner {
+  submit(job: CloneJob): Promise<void>;
+}
 
-/** Checks signature and timestamp (timing-safe); replays are the receiver's to track. */
-export function verifyCallback(
-  secret: string,
-  headers: { timestamp: string | null | undefined; signature: string | null | undefined },
-  body: string,
-  nowSeconds = Math.floor(Date.now() / 1000),
-): SignatureVerdict {
-  if (!headers.timestamp || !headers.signature) return { ok: false, reason: 'missing' };
-  if (!/^\d{1,12}$/.test(headers.timestamp)) return { ok: false, reason: 'stale' };
-  const timestamp = Number(headers.timestamp);
-  if (Math.abs(nowSeconds - timestamp) > CALLBACK_TOLERANCE_SECONDS) return { ok: false, reason: 'stale' };
-  const expected = Buffer.from(signCallback(secret, timestamp, body));
-  const given = Buffer.from(headers.signature);
-  if (expected.length !== given.length || !timingSafeEqual(expected, given)) return { ok: false, reason: 'mismatch' };
-  return { ok: true };
+export interface JobSettings {
+  readonly engine: CloneEngine;
+  readonly fetch: FetchLike;
+  readonly secret: string;
+  readonly deadlineMs: number;
+  readonly policy: RetryPolicy;
+  readonly logger: Logger;
+}
+
+/** Copies the job's images and delivers their results; resolves whether the callback was delivered. */
+export async function runCloneJob(job: CloneJob, settings: JobSettings): Promise<boolean> {
+  const results = await settings.engine.cloneAll(job.images);
+  const body: CallbackBody = { job: job.id, context: job.callback.context ?? null, results };
+  return deliverCallback({
+    fetch: settings.fetch,
+    url: job.callback.url,
+    secret: settings.secret,
+    job: job.id,
+    body: JSON.stringify(body),
+    deadlineMs: settings.deadlineMs,
+    policy: settings.policy,
+    logger: settings.logger,
+  });
 }
 
 export interface CallbackDelivery {
@@ -87,7 +93,7 @@ export async function deliverCallback(delivery: CallbackDelivery): Promise<boole
       retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
       delivery.logger.warn({ job: delivery.job, target, attempt, status: response.status }, 'callback refused');
     } catch (error) {
-      delivery.logger.warn({ job: delivery.job, target, attempt, error: (error as Error).message }, 'callback failed');
+      delivery.logger.warn({ job: delivery.job, target, attempt, error: describeError(error) }, 'callback failed');
     }
     // Backoff grows without the usual attempt cap: only the deadline ends the delivery.
     const delay = Math.max(backoffDelay(Math.min(attempt - 1, 10), delivery.policy), retryAfterMs ?? 0);

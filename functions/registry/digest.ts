@@ -2,7 +2,7 @@
 // workerd (nodejs_compat), so this stays portable.
 
 import { createHash } from 'node:crypto';
-import { DigestMismatchError, PermanentError } from '../registry/errors.ts';
+import { DigestMismatchError, PermanentError } from './errors.ts';
 
 const ALGORITHMS: Record<string, string> = { sha256: 'sha256', sha512: 'sha512' };
 

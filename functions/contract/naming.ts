@@ -150,17 +150,6 @@ export function encodeFlat(name: string): string | undefined {
   return FLAT_COMPONENT.test(out) ? out : undefined;
 }
 
-/** The inverse of encodeFlat (used by tests to prove the mapping never merges two names). */
-export function decodeFlat(encoded: string): string {
-  return encoded.replace(/_+|-+/g, (run) => {
-    if (run === '_') return '/';
-    if (run === '__') return '.';
-    if (run[0] === '_') throw new Error(`not a flat name: "${encoded}"`);
-    const decoded = ['-', '_', '__', ':'][run.length - 1];
-    return decoded ?? '-'.repeat(run.length - 3);
-  });
-}
-
 /**
  * `<readable prefix>-<sha256 hex of the source name>`, `length` characters long when given
  * (padded), at most `maxLength` otherwise.

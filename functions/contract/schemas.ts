@@ -1,0 +1,89 @@
+// The clone function's wire contract (docs/api.md) as zod schemas, with the TypeScript types
+// inferred from them: the function builds its answers to these types, and a client (the bridge)
+// parses what it receives with the same schemas. Objects are loose, so a newer function may add
+// fields without breaking an older client.
+
+import { z } from 'zod';
+
+/** The default of MAX_IMAGES_PER_REQUEST: a client that splits larger sets stays within it. */
+export const DEFAULT_MAX_IMAGES_PER_REQUEST = 50;
+
+export const CLONE_STATUSES = ['copied', 'exists', 'failed'] as const;
+export type CloneStatus = (typeof CLONE_STATUSES)[number];
+
+/** One image's outcome, in the order the request listed the images. */
+export const cloneResultSchema = z.looseObject({
+  /** The normalised reference, or the input as given when it does not parse. */
+  source: z.string().max(1024),
+  status: z.enum(CLONE_STATUSES),
+  /** `registry/repository:tag@digest` of the backup (copied, exists). */
+  target: z.string().max(1024).optional(),
+  /** The source's manifest digest, unchanged (copied, exists). */
+  digest: z.string().max(200).optional(),
+  /** Why the copy failed (failed). */
+  error: z.string().optional(),
+  /** Blob bytes uploaded by this copy. */
+  bytes: z.number().optional(),
+  /** How long the image took; always sent by the function. */
+  ms: z.number().optional(),
+});
+export type CloneResult = z.infer<typeof cloneResultSchema>;
+
+/** The body of `POST /clone`; `maxImages` is the function's MAX_IMAGES_PER_REQUEST. */
+export function cloneRequestSchema(maxImages = DEFAULT_MAX_IMAGES_PER_REQUEST) {
+  return z.strictObject({
+    images: z
+      .array(z.string({ error: 'each image must be a string' }), { error: '"images" must be a list of image references' })
+      .min(1, '"images" must hold at least one image')
+      .max(maxImages, `"images" holds more than ${maxImages} images (MAX_IMAGES_PER_REQUEST)`),
+    callback: z
+      .strictObject({
+        url: z.url({ protocol: /^https?$/, error: '"callback.url" must be an http(s) URL' }),
+        context: z.unknown().optional(),
+      })
+      .optional(),
+  });
+}
+export type CloneRequest = z.infer<ReturnType<typeof cloneRequestSchema>>;
+
+/** `202` to a request with a callback. */
+export const acceptedSchema = z.looseObject({ job: z.string() });
+export type Accepted = z.infer<typeof acceptedSchema>;
+
+/** `200` to a synchronous request. */
+export const resultsAnswerSchema = z.looseObject({ results: z.array(z.unknown()) });
+
+/** One line of the `application/x-ndjson` progress stream; the last is `done` (or `error`). */
+export const cloneEventSchema = z.discriminatedUnion('type', [
+  z.looseObject({ type: z.literal('image'), source: z.string(), status: z.literal('started') }),
+  z.looseObject({
+    type: z.literal('blob'),
+    source: z.string(),
+    digest: z.string(),
+    done: z.number(),
+    total: z.number(),
+  }),
+  z.looseObject({ type: z.literal('result'), result: z.unknown() }),
+  z.looseObject({ type: z.literal('done'), results: z.array(z.unknown()) }),
+  z.looseObject({ type: z.literal('error'), error: z.string().optional() }),
+]);
+export type CloneStreamLine = z.infer<typeof cloneEventSchema>;
+
+/** The progress events the engine emits while copying (the stream's lines but `done` and `error`). */
+export type CloneEvent =
+  | { readonly type: 'image'; readonly source: string; readonly status: 'started' }
+  | { readonly type: 'blob'; readonly source: string; readonly digest: string; readonly done: number; readonly total: number }
+  | { readonly type: 'result'; readonly result: CloneResult };
+
+/** What the bridge puts in `callback.context`: the workloads the request was made for. */
+export const bridgeContextSchema = z.looseObject({
+  workloads: z.array(z.string().max(600)).max(1000).optional(),
+});
+
+/** The signed POST to `callback.url` once every image of a job is done. */
+export const callbackBodySchema = z.looseObject({
+  job: z.string().min(1).max(200),
+  context: z.unknown(),
+  results: z.array(z.unknown()).max(10_000),
+});
+export type CallbackBody = z.infer<typeof callbackBodySchema>;
