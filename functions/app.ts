@@ -6,6 +6,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';
 import type { z } from 'zod';
 import { readBounded } from '../lib/body.ts';
+import { printable } from '../lib/text.ts';
 import { cloneRequestSchema, parseReference, type CloneEvent, type CloneResult } from './contract/index.ts';
 import type { CloneEngine } from './engine.ts';
 import type { JobRunner } from './jobs.ts';
@@ -22,6 +23,8 @@ export interface AppOptions {
   readonly maxImagesPerRequest: number;
   /** Absent when no CALLBACK_SECRET is configured: callback requests are refused then. */
   readonly jobs?: JobRunner;
+  /** Origins callbacks may go to (CALLBACK_ORIGINS); empty: callback requests are refused. */
+  readonly callbackOrigins: ReadonlySet<string>;
   /** Extra routes of one runtime (Node's /metrics), behind the same authentication. */
   readonly extend?: (app: Hono) => void;
   readonly newJobId?: () => string;
@@ -67,16 +70,20 @@ export function createApp(options: AppOptions): Hono {
       if (!options.jobs) {
         return c.json({ error: 'callbacks are not enabled on this function (CALLBACK_SECRET is not set)' }, 400);
       }
+      const refusal = refuseCallbackUrl(callback.url, options.callbackOrigins);
+      if (refusal !== undefined) return c.json({ error: refusal }, 400);
       const id = options.newJobId?.() ?? crypto.randomUUID();
       await options.jobs.submit({ id, images, callback });
       options.logger.info({ job: id, images: images.length }, 'clone job accepted');
       return c.json({ job: id }, 202);
     }
 
+    // A client that goes away cancels the copies nobody else waits for.
+    const gone = c.req.raw.signal;
     if ((c.req.header('accept') ?? '').includes('application/x-ndjson')) {
-      return streamProgress(options.engine, images);
+      return streamProgress(options.engine, images, gone);
     }
-    const results = await options.engine.cloneAll(images);
+    const results = await options.engine.cloneAll(images, undefined, gone);
     return c.json({ results });
   });
 
@@ -121,11 +128,29 @@ function invalidReferences(images: readonly string[]): string[] {
   return problems.slice(0, 10);
 }
 
+/**
+ * Where callbacks may go: an origin the operator listed. Otherwise anyone with the token could
+ * have the function POST to an internal service of its choosing.
+ */
+function refuseCallbackUrl(url: string, allowed: ReadonlySet<string>): string | undefined {
+  if (allowed.size === 0) return 'callbacks are not enabled on this function (CALLBACK_ORIGINS is not set)';
+  const origin = new URL(url).origin;
+  return allowed.has(origin)
+    ? undefined
+    : `"callback.url": ${printable(origin, 100)} is not an allowed origin (CALLBACK_ORIGINS)`;
+}
+
 /** NDJSON: progress events as they happen, then every result. */
-function streamProgress(engine: CloneEngine, images: readonly string[]): Response {
+function streamProgress(engine: CloneEngine, images: readonly string[], requestSignal: AbortSignal): Response {
   const encoder = new TextEncoder();
   let send: (line: object) => void = () => {};
+  // The stream is cancelled when the client goes away, which some runtimes tell sooner than the request's signal.
+  const cancelled = new AbortController();
+  const gone = AbortSignal.any([requestSignal, cancelled.signal]);
   const body = new ReadableStream<Uint8Array>({
+    cancel() {
+      cancelled.abort();
+    },
     start(controller) {
       send = (line) => {
         try {
@@ -135,7 +160,7 @@ function streamProgress(engine: CloneEngine, images: readonly string[]): Respons
         }
       };
       engine
-        .cloneAll(images, (event: CloneEvent) => send(event))
+        .cloneAll(images, (event: CloneEvent) => send(event), gone)
         .then((results: CloneResult[]) => send({ type: 'done', results }))
         .catch((error: Error) => send({ type: 'error', error: error.message }))
         .finally(() => {

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import {
   boolean,
   ConfigError,
+  httpUrl,
   integer,
   list,
   logLevel,
@@ -15,10 +16,50 @@ import {
   type Environment,
   type LogLevel,
 } from '../lib/env.ts';
+import { printable } from '../lib/text.ts';
 import { backupEnvironment, backupSettings, DEFAULT_MAX_IMAGES_PER_REQUEST, type BackupLocation } from './contract/index.ts';
+import type { CopyLimits } from './copy/limits.ts';
 import { parseDockerConfig, type Credentials } from './registry/credentials.ts';
 
 export { ConfigError };
+
+/** `scheme://host[:port]` of an http(s) URL or origin, lowercased; undefined for anything else. */
+export function originOf(url: string): string | undefined {
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === 'http:' || parsed.protocol === 'https:' ? parsed.origin : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * SOURCE_REGISTRIES: the registries images may be copied from, as written in references
+ * (docker.io, quay.io, registry.example.com:5000); `*` matches any run of characters, so
+ * `*.gcr.io` allows every gcr.io host.
+ */
+export class SourceAllowlist {
+  readonly #patterns: RegExp[];
+  readonly text: string;
+
+  constructor(patterns: readonly string[]) {
+    this.text = patterns.join(',');
+    this.#patterns = patterns.map(
+      (pattern) =>
+        new RegExp(
+          `^${pattern
+            .toLowerCase()
+            .replace(/[.+?^${}()|[\]\\]/g, '\\$&')
+            .replace(/\*/g, '.*')}$`,
+        ),
+    );
+  }
+
+  allows(registry: string): boolean {
+    const name = registry.toLowerCase();
+    return this.#patterns.some((pattern) => pattern.test(name));
+  }
+}
 
 export interface FunctionConfig {
   readonly port: number;
@@ -38,6 +79,14 @@ export interface FunctionConfig {
   readonly smallBlobsPerSlot: number;
   readonly callbackSecret: string | undefined;
   readonly callbackDeadlineSeconds: number;
+  /**
+   * Origins (scheme://host[:port]) callbacks may be posted to: CALLBACK_ORIGINS, else the origin of
+   * CALLBACK_URL (the bridge's, from the ConfigMap both read); empty: callbacks are refused.
+   */
+  readonly callbackOrigins: ReadonlySet<string>;
+  /** Registries images may be copied from (globs); undefined: any. */
+  readonly sourceRegistries: SourceAllowlist | undefined;
+  readonly limits: CopyLimits;
   readonly ecr: EcrSettings;
 }
 
@@ -63,6 +112,31 @@ const environment = z.object({
   SMALL_BLOBS_PER_SLOT: integer(4, 1, 16),
   CALLBACK_SECRET: optionalString.pipe(z.string().min(16, 'must be at least 16 characters').optional()),
   CALLBACK_DEADLINE_SECONDS: integer(900, 1, 86_400),
+  CALLBACK_ORIGINS: list.transform((origins, ctx) => {
+    const normalised = new Set<string>();
+    for (const origin of origins) {
+      const parsed = originOf(origin);
+      if (parsed === undefined) ctx.addIssue({ code: 'custom', message: `"${printable(origin, 80)}" is not an http(s) origin` });
+      else normalised.add(parsed);
+    }
+    return normalised;
+  }),
+  // The bridge's CALLBACK_URL, when the function reads the same ConfigMap: its origin is where
+  // callbacks may go unless CALLBACK_ORIGINS says otherwise.
+  CALLBACK_URL: httpUrl("the bridge's /callback"),
+  SOURCE_REGISTRIES: list.transform((patterns, ctx) => {
+    for (const pattern of patterns) {
+      if (!/^[a-z0-9*]([a-z0-9*.-]*[a-z0-9*])?(:[0-9*]+)?$/i.test(pattern)) {
+        ctx.addIssue({ code: 'custom', message: `"${printable(pattern, 80)}" is not a registry host or glob` });
+      }
+    }
+    return patterns.length === 0 ? undefined : new SourceAllowlist(patterns);
+  }),
+  MAX_INDEX_DEPTH: integer(4, 1, 16),
+  MAX_MANIFESTS_PER_IMAGE: integer(256, 1, 10_000),
+  MAX_MANIFEST_BYTES_PER_IMAGE: integer(16 * 1024 * 1024, 4 * 1024 * 1024, 256 * 1024 * 1024),
+  IMAGE_DEADLINE_SECONDS: integer(1800, 10, 86_400),
+  STALL_SECONDS: integer(60, 1, 3600),
   ECR_TAG_MUTABILITY: oneOf(['MUTABLE', 'IMMUTABLE']).transform((value) => value ?? 'MUTABLE'),
   ECR_SCAN_ON_PUSH: boolean(false),
   ECR_ENCRYPTION: oneOf(['AES256', 'KMS']).transform((value) => value ?? 'AES256'),
@@ -100,6 +174,18 @@ export function loadConfig(env: Environment, registryAuthFile?: string): Functio
     smallBlobsPerSlot: values.SMALL_BLOBS_PER_SLOT,
     callbackSecret: values.CALLBACK_SECRET,
     callbackDeadlineSeconds: values.CALLBACK_DEADLINE_SECONDS,
+    callbackOrigins:
+      values.CALLBACK_ORIGINS.size > 0 || values.CALLBACK_URL === undefined
+        ? values.CALLBACK_ORIGINS
+        : new Set([new URL(values.CALLBACK_URL).origin]),
+    sourceRegistries: values.SOURCE_REGISTRIES,
+    limits: {
+      indexDepth: values.MAX_INDEX_DEPTH,
+      manifestsPerImage: values.MAX_MANIFESTS_PER_IMAGE,
+      manifestBytesPerImage: values.MAX_MANIFEST_BYTES_PER_IMAGE,
+      imageDeadlineMs: values.IMAGE_DEADLINE_SECONDS * 1000,
+      stallMs: values.STALL_SECONDS * 1000,
+    },
     ecr: {
       region: ecrRegion,
       tagMutability: values.ECR_TAG_MUTABILITY,

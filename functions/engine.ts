@@ -5,7 +5,7 @@ import type { ECRClientConfig } from '@aws-sdk/client-ecr';
 import { describeError } from '../lib/errors.ts';
 import { mapLimit } from '../lib/semaphore.ts';
 import type { FunctionConfig } from './config.ts';
-import type { CloneEvent, CloneResult } from './contract/index.ts';
+import { registryApiHost, type CloneEvent, type CloneResult } from './contract/index.ts';
 import { BlobCopier, KnownBlobs, type Runtime } from './copy/blob.ts';
 import { ImageCopier } from './copy/image.ts';
 import { TreeCopier } from './copy/tree.ts';
@@ -39,8 +39,20 @@ export interface EngineOptions {
 }
 
 export interface CloneEngine {
-  /** One result per image, in order; one failing image never fails the others. */
-  cloneAll(images: readonly string[], emit?: (event: CloneEvent) => void): Promise<CloneResult[]>;
+  /**
+   * One result per image, in order; one failing image never fails the others. `signal`: the
+   * caller stopped waiting; copies nobody else waits for are cancelled.
+   */
+  cloneAll(images: readonly string[], emit?: (event: CloneEvent) => void, signal?: AbortSignal): Promise<CloneResult[]>;
+}
+
+/**
+ * The registries the operator named (the backup, those with credentials): a redirect may take
+ * plain HTTP to them. As host[:port] of their API, the way a redirect's URL names them.
+ */
+function configuredHosts(config: FunctionConfig): Set<string> {
+  const names = [config.backup.registry, ...config.credentials.keys()];
+  return new Set(names.map((name) => registryApiHost(name)));
 }
 
 export function createEngine(options: EngineOptions): CloneEngine {
@@ -69,6 +81,8 @@ export function createEngine(options: EngineOptions): CloneEngine {
     fetch: options.fetch,
     credentials,
     insecureRegistries: config.insecureRegistries,
+    configuredHosts: configuredHosts(config),
+    stallMs: config.limits.stallMs,
     retryPolicy,
     onRetry: logRetry,
     ...(options.userAgent !== undefined && { userAgent: options.userAgent }),
@@ -80,22 +94,32 @@ export function createEngine(options: EngineOptions): CloneEngine {
     smallBlobsPerSlot: config.smallBlobsPerSlot,
     retryPolicy,
     onRetry: logRetry,
+    stallMs: config.limits.stallMs,
   });
+  const { sourceRegistries } = config;
   const images = new ImageCopier({
-    repository: (name, access) => new Repository(client, name, access, retryPolicy),
-    tree: new TreeCopier({ blobs, blobConcurrency: config.blobConcurrency, smallBlobsPerSlot: config.smallBlobsPerSlot }),
+    repository: (name, access, scope) =>
+      new Repository(client, name, access, { retryPolicy, signal: scope.signal, budget: scope.budget }),
+    tree: new TreeCopier({
+      blobs,
+      limits: config.limits,
+      blobConcurrency: config.blobConcurrency,
+      smallBlobsPerSlot: config.smallBlobsPerSlot,
+    }),
     backup: config.backup,
+    limits: config.limits,
+    ...(sourceRegistries && { sourceAllowed: (registry: string) => sourceRegistries.allows(registry) }),
     logger,
     ...(ecr && { prepareTarget: (repository: string) => ecr.ensureRepository(repository) }),
   });
 
   return {
-    async cloneAll(list, emit) {
+    async cloneAll(list, emit, signal) {
       return mapLimit(list, config.imageConcurrency, async (image) => {
         observer?.cloneStarted?.();
         let result: CloneResult;
         try {
-          result = await images.copy(image, emit);
+          result = await images.copy(image, emit, signal);
         } catch (error) {
           // copy() reports failures as results; this only guards against a bug taking others down.
           result = { source: String(image), status: 'failed', error: describeError(error), ms: 0 };

@@ -22,6 +22,8 @@ export interface JobRunner {
 
 export interface JobSettings {
   readonly engine: CloneEngine;
+  /** A job that failed other than by its callback's refusal (a bug): counted in /metrics. */
+  readonly onFailure?: (job: CloneJob, error: unknown) => void;
   readonly fetch: FetchLike;
   readonly secret: string;
   readonly deadlineMs: number;
@@ -29,20 +31,29 @@ export interface JobSettings {
   readonly logger: Logger;
 }
 
-/** Copies the job's images and delivers their results; resolves whether the callback was delivered. */
+/**
+ * Copies the job's images and delivers their results; resolves whether the callback was
+ * delivered. Never rejects: a job runs after its request was answered, with nobody to tell.
+ */
 export async function runCloneJob(job: CloneJob, settings: JobSettings): Promise<boolean> {
-  const results = await settings.engine.cloneAll(job.images);
-  const body: CallbackBody = { job: job.id, context: job.callback.context ?? null, results };
-  return deliverCallback({
-    fetch: settings.fetch,
-    url: job.callback.url,
-    secret: settings.secret,
-    job: job.id,
-    body: JSON.stringify(body),
-    deadlineMs: settings.deadlineMs,
-    policy: settings.policy,
-    logger: settings.logger,
-  });
+  try {
+    const results = await settings.engine.cloneAll(job.images);
+    const body: CallbackBody = { job: job.id, context: job.callback.context ?? null, results };
+    return await deliverCallback({
+      fetch: settings.fetch,
+      url: job.callback.url,
+      secret: settings.secret,
+      job: job.id,
+      body: JSON.stringify(body),
+      deadlineMs: settings.deadlineMs,
+      policy: settings.policy,
+      logger: settings.logger,
+    });
+  } catch (error) {
+    settings.logger.error({ job: job.id, error: describeError(error) }, 'clone job failed');
+    settings.onFailure?.(job, error);
+    return false;
+  }
 }
 
 export interface CallbackDelivery {

@@ -7,6 +7,10 @@ import type { EngineObserver } from './engine.ts';
 export interface FunctionMetrics {
   readonly registry: Registry;
   readonly observer: EngineObserver;
+  /** A callback job that failed other than by its callback's refusal. */
+  readonly jobFailed: () => void;
+  /** A promise rejection nobody handled: a bug, logged and counted instead of ending the process. */
+  readonly unhandledRejection: () => void;
 }
 
 export function createFunctionMetrics(): FunctionMetrics {
@@ -36,6 +40,16 @@ export function createFunctionMetrics(): FunctionMetrics {
     help: 'Registry requests and blob transfers retried.',
     registers: [registry],
   });
+  const jobFailures = new Counter({
+    name: 'image_clone_job_failures_total',
+    help: 'Callback jobs that failed before delivering their callback (a bug; see the log).',
+    registers: [registry],
+  });
+  const unhandled = new Counter({
+    name: 'image_clone_unhandled_rejections_total',
+    help: 'Promise rejections nobody handled, logged instead of ending the process (a bug; see the log).',
+    registers: [registry],
+  });
   for (const status of ['copied', 'exists', 'failed']) {
     clones.inc({ status }, 0);
   }
@@ -52,5 +66,7 @@ export function createFunctionMetrics(): FunctionMetrics {
       },
       retried: () => retries.inc(),
     },
+    jobFailed: () => jobFailures.inc(),
+    unhandledRejection: () => unhandled.inc(),
   };
 }

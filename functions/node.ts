@@ -2,8 +2,10 @@
 // configuration from the environment, serves the Hono app, runs callback jobs in this process.
 
 import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
 import { serve } from '@hono/node-server';
 import { pino } from 'pino';
+import { describeError } from '../lib/errors.ts';
 import { createApp } from './app.ts';
 import { ConfigError, loadConfig, type FunctionConfig } from './config.ts';
 import { createEngine } from './engine.ts';
@@ -42,6 +44,25 @@ class InProcessJobs implements JobRunner {
   }
 }
 
+/**
+ * Bounds on what a client can hold: a request's headers must arrive within 20 s and its body (at
+ * most 256 KiB) within 60 s; an idle kept-alive connection closes after 5 s; 512 connections at
+ * once. A synchronous copy's answer may take as long as the copy (the response has no timeout).
+ */
+export const SERVER_LIMITS = {
+  headersTimeoutMs: 20_000,
+  requestTimeoutMs: 60_000,
+  keepAliveTimeoutMs: 5_000,
+  maxConnections: 512,
+};
+
+function limitConnections(server: Server): void {
+  server.headersTimeout = SERVER_LIMITS.headersTimeoutMs;
+  server.requestTimeout = SERVER_LIMITS.requestTimeoutMs;
+  server.keepAliveTimeout = SERVER_LIMITS.keepAliveTimeoutMs;
+  server.maxConnections = SERVER_LIMITS.maxConnections;
+}
+
 export function startFunction(env: NodeJS.ProcessEnv = process.env) {
   const config = readConfig(env);
   const logger = pino({ level: config.logLevel, base: { component: 'clone-function' } });
@@ -63,6 +84,7 @@ export function startFunction(env: NodeJS.ProcessEnv = process.env) {
         deadlineMs: config.callbackDeadlineSeconds * 1000,
         policy: DEFAULT_RETRY_POLICY,
         logger,
+        onFailure: metrics.jobFailed,
       })
     : undefined;
   const app = createApp({
@@ -70,6 +92,7 @@ export function startFunction(env: NodeJS.ProcessEnv = process.env) {
     engine,
     logger,
     maxImagesPerRequest: config.maxImagesPerRequest,
+    callbackOrigins: config.callbackOrigins,
     ...(jobs && { jobs }),
     extend: (routes) => {
       routes.get('/metrics', async (c) =>
@@ -82,6 +105,12 @@ export function startFunction(env: NodeJS.ProcessEnv = process.env) {
       { port: info.port, backupRegistry: config.backup.registry, backupNamespace: config.backup.namespace },
       'clone function listening',
     );
+  });
+  limitConnections(server as Server);
+  // A bug in one job must not end every copy and callback in flight: logged and counted instead.
+  process.on('unhandledRejection', (reason) => {
+    logger.error({ error: describeError(reason) }, 'unhandled rejection');
+    metrics.unhandledRejection();
   });
 
   const shutdown = async (signal: string) => {

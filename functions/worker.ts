@@ -75,6 +75,7 @@ function instance(env: WorkerEnv): Instance {
     engine,
     logger,
     maxImagesPerRequest: config.maxImagesPerRequest,
+    callbackOrigins: config.callbackOrigins,
     ...(queue && config.callbackSecret && { jobs: { submit: (job: CloneJob) => queue.send(job) } }),
   });
   existing = { config, engine, app };

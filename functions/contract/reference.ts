@@ -2,6 +2,8 @@
 // (github.com/distribution/reference): docker.io and library/ defaults, registry ports,
 // localhost, tag and digest together, length limits. Pure; shared by the function and the bridge.
 
+import { printable } from '../../lib/text.ts';
+
 export const DOCKER_HUB = 'docker.io';
 const DOCKER_HUB_API_HOST = 'registry-1.docker.io';
 const LEGACY_DOCKER_HUB = 'index.docker.io';
@@ -79,6 +81,10 @@ export function parseReference(input: string): ImageReference {
   if (!DOMAIN.test(registry)) {
     throw new InvalidReferenceError(input, `invalid registry host "${truncate(registry)}"`);
   }
+  const port = /:(\d+)$/.exec(registry)?.[1];
+  if (port !== undefined && !(Number(port) >= 1 && Number(port) <= 65535)) {
+    throw new InvalidReferenceError(input, `invalid registry port ${truncate(port)} (1 to 65535)`);
+  }
   if (registry === LEGACY_DOCKER_HUB) registry = DOCKER_HUB;
   if (registry === DOCKER_HUB && !repository.includes('/')) repository = `library/${repository}`;
 
@@ -147,6 +153,7 @@ export function isDockerHub(registry: string): boolean {
   return registry === DOCKER_HUB || registry === LEGACY_DOCKER_HUB || registry === DOCKER_HUB_API_HOST;
 }
 
+/** What is echoed of the input: escaped and short, whatever it held. */
 function truncate(text: string): string {
-  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+  return printable(text, 80);
 }

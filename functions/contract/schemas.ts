@@ -39,12 +39,38 @@ export function cloneRequestSchema(maxImages = DEFAULT_MAX_IMAGES_PER_REQUEST) {
     callback: z
       .strictObject({
         url: z.url({ protocol: /^https?$/, error: '"callback.url" must be an http(s) URL' }),
-        context: z.unknown().optional(),
+        context: z.unknown().optional().superRefine(checkContext),
       })
       .optional(),
   });
 }
 export type CloneRequest = z.infer<ReturnType<typeof cloneRequestSchema>>;
+
+/** `callback.context` comes back in the callback as it was sent: bounded, so it always can. */
+export const CONTEXT_LIMITS = { bytes: 16 * 1024, depth: 16 } as const;
+
+function checkContext(context: unknown, ctx: z.RefinementCtx): void {
+  if (context === undefined) return;
+  if (nestingDepth(context, CONTEXT_LIMITS.depth) > CONTEXT_LIMITS.depth) {
+    ctx.addIssue({ code: 'custom', message: `"callback.context" is nested more than ${CONTEXT_LIMITS.depth} levels deep` });
+  } else if (JSON.stringify(context).length > CONTEXT_LIMITS.bytes) {
+    ctx.addIssue({ code: 'custom', message: `"callback.context" is larger than ${CONTEXT_LIMITS.bytes / 1024} KiB as JSON` });
+  }
+}
+
+/** How deeply arrays and objects nest in a JSON value, counted without recursion up to `stopAt` + 1. */
+function nestingDepth(value: unknown, stopAt: number): number {
+  let deepest = 0;
+  const pending: Array<{ value: unknown; depth: number }> = [{ value, depth: 0 }];
+  while (pending.length > 0) {
+    const { value: current, depth } = pending.pop()!;
+    if (typeof current !== 'object' || current === null) continue;
+    deepest = Math.max(deepest, depth + 1);
+    if (deepest > stopAt) return deepest;
+    for (const child of Object.values(current)) pending.push({ value: child, depth: depth + 1 });
+  }
+  return deepest;
+}
 
 /** `202` to a request with a callback. */
 export const acceptedSchema = z.looseObject({ job: z.string() });

@@ -1,9 +1,10 @@
 // Copies one blob registry-to-registry: check existing → mount → upload, streaming the source body
 // into a monolithic PUT with Content-Length while its digest is verified. Holds no blob over 64 KiB whole.
 
-import { Semaphore } from '../../lib/semaphore.ts';
+import { FairSemaphore } from '../../lib/fair-semaphore.ts';
+import { StallWatch } from '../../lib/stall.ts';
 import { DigestVerifier, digestOf } from '../registry/digest.ts';
-import { classifyError, DigestMismatchError, RegistryError } from '../registry/errors.ts';
+import { classifyError, DigestMismatchError, RegistryError, StallError } from '../registry/errors.ts';
 import { discard, type HttpResponse } from '../registry/http.ts';
 import type { Descriptor } from '../registry/manifest.ts';
 import type { Repository } from '../registry/repository.ts';
@@ -72,17 +73,22 @@ export interface BlobCopierOptions {
   readonly onRetry?: (info: { what: string; attempt: number; delayMs: number; error: unknown }) => void;
   /** Bytes per PATCH for registries that need chunked uploads (default 16 MiB). */
   readonly chunkSize?: number;
+  /** A transfer whose bytes stop flowing for this long is given up (and retried). */
+  readonly stallMs: number;
 }
 
 export class BlobCopier {
   readonly #options: BlobCopierOptions;
-  readonly #transfers: Semaphore;
+  /** Shared by the source registries in turn, none holding all of it (see FairSemaphore). */
+  readonly #transfers: FairSemaphore;
   /** Registries that refused a monolithic upload: they get chunked uploads. */
   readonly #chunked = new Set<string>();
 
   constructor(options: BlobCopierOptions) {
     this.#options = options;
-    this.#transfers = new Semaphore(slotUnits(options.transferConcurrency, options.smallBlobsPerSlot));
+    // A quarter of the slots (rounded down) is kept for other registries than the busiest one.
+    const reserve = slotUnits(Math.floor(options.transferConcurrency / 4), options.smallBlobsPerSlot);
+    this.#transfers = new FairSemaphore(slotUnits(options.transferConcurrency, options.smallBlobsPerSlot), reserve);
   }
 
   /**
@@ -93,6 +99,7 @@ export class BlobCopier {
     const what = `blob ${blob.digest} of ${context.source}`;
     const onBytes = context.blobProgress(blob);
     return this.#transfers.run(
+      context.source.registry,
       () =>
         withRetries(() => this.#copyOnce(context.source, context.target, blob, what, onBytes, options.absent === true), {
           policy: this.#options.retryPolicy,
@@ -123,84 +130,60 @@ export class BlobCopier {
       source.registry === target.registry && source.repository !== target.repository
         ? source.repository
         : known.holder(target.registry, blob.digest, target.repository);
-    // Aborted once the upload ends, so a download the upload stopped reading does not linger.
-    const downloadControl = new AbortController();
-    const startDownload = () => source.getBlob(blob.digest, what, downloadControl.signal);
-    // Without a mount to try, the upload will need the source's bytes: ask for them while the
-    // upload session starts, one round trip less per blob.
-    const early = mountFrom ? undefined : startDownload();
-    early?.catch(() => {}); // awaited below; a failure while the POST is pending is not unhandled
-    const abandonDownload = async () => {
-      downloadControl.abort();
-      await early?.then(discard, () => {});
-    };
-    let start;
+    const download = new Download(source, blob, what, this.#options.stallMs);
     try {
-      start = await target.startUpload(what, mountFrom ? { digest: blob.digest, from: mountFrom } : undefined);
-    } catch (error) {
-      await abandonDownload();
-      throw error;
-    }
-    if (start.mounted) {
-      await abandonDownload();
+      // Without a mount to try, the upload will need the source's bytes: ask for them while the
+      // upload session starts, one round trip less per blob.
+      if (!mountFrom) download.start();
+      const start = await target.startUpload(what, mountFrom ? { digest: blob.digest, from: mountFrom } : undefined);
+      if (start.mounted) {
+        known.remember(target.registry, target.repository, blob.digest);
+        return 'mounted';
+      }
+      await this.#upload(target, start.location, blob, download, onBytes);
       known.remember(target.registry, target.repository, blob.digest);
-      return 'mounted';
-    }
-
-    let download: HttpResponse;
-    try {
-      download = await (early ?? startDownload());
+      return 'uploaded';
     } catch (error) {
-      downloadControl.abort();
-      throw error;
+      throw download.stalled ?? error;
+    } finally {
+      await download.end();
     }
-    await this.#upload(target, start.location, blob, { response: download, control: downloadControl }, what, onBytes);
-    known.remember(target.registry, target.repository, blob.digest);
-    return 'uploaded';
   }
 
-  /**
-   * Sends the download's bytes to the upload location, checked against the blob's digest. The
-   * download is aborted unless it was read to its end (aborting a finished one only builds an error).
-   */
+  /** Sends the download's bytes to the upload location, checked against the blob's digest. */
   async #upload(
     target: Repository,
     location: string,
     blob: Descriptor,
-    download: { readonly response: HttpResponse; readonly control: AbortController },
-    what: string,
+    download: Download,
     onBytes: (done: number) => void,
   ): Promise<void> {
-    const { response, control } = download;
+    const { what } = download;
+    const response = await download.start();
+    const progress = (done: number) => {
+      download.progress();
+      onBytes(done);
+    };
     const inChunks = this.#chunked.has(target.registry);
     if (!inChunks && arrivesInOneRead(response, blob)) {
       // At most 64 KiB: read whole (one socket read holds it anyway), checked, sent as bytes. No
       // stream pipeline per blob, which for such blobs costs more CPU than the bytes themselves.
-      let bytes: Uint8Array;
-      try {
-        bytes = await verifiedBytes(response, blob, what);
-      } catch (error) {
-        control.abort();
-        throw error;
-      }
-      onBytes(blob.size);
+      const bytes = await verifiedBytes(response, blob, what);
+      download.finished();
+      progress(blob.size);
       return this.#uploadWhole(target, location, blob, bytes, what);
     }
-    if (!response.body) {
-      control.abort();
-      throw new RegistryError(`download ${what}: empty response`, 502);
-    }
-    const verifier = new DigestVerifier(blob.digest, blob.size, what, onBytes);
+    if (!response.body) throw new RegistryError(`download ${what}: empty response`, 502);
+    const verifier = new DigestVerifier(blob.digest, blob.size, what, progress);
     const verified = response.body.pipeThrough(verifier.stream);
     try {
-      return inChunks
-        ? await this.#uploadInChunks(target, location, blob, verified, what)
-        : await this.#uploadWhole(target, location, blob, this.#options.runtime.sizedBody(verified, blob.size), what);
+      await (inChunks
+        ? this.#uploadInChunks(target, location, blob, verified, what)
+        : this.#uploadWhole(target, location, blob, this.#options.runtime.sizedBody(verified, blob.size), what));
     } catch (error) {
       throw verifier.failure ?? error;
-    } finally {
-      if (!verifier.verified) control.abort();
     }
+    if (verifier.verified) download.finished();
   }
 
   /**
@@ -239,6 +222,64 @@ export class BlobCopier {
     // The verifier holds the last bytes back until the digest is checked: drain to its end.
     await slices.finish();
     await target.commitChunkedUpload(next, blob.digest, what);
+  }
+}
+
+/**
+ * One blob's download: started at most once, early or when the upload needs it; aborted when its
+ * bytes stop flowing for the stall time (a source that trickles, a backup that stops reading), and
+ * when the transfer ends without having read it to its end (aborting a finished one only builds an
+ * error), so that no download lingers.
+ */
+class Download {
+  readonly what: string;
+  readonly #source: Repository;
+  readonly #blob: Descriptor;
+  readonly #stallMs: number;
+  readonly #control = new AbortController();
+  #response: Promise<HttpResponse> | undefined;
+  #watch: StallWatch | undefined;
+  #finished = false;
+
+  constructor(source: Repository, blob: Descriptor, what: string, stallMs: number) {
+    this.#source = source;
+    this.#blob = blob;
+    this.what = what;
+    this.#stallMs = stallMs;
+  }
+
+  start(): Promise<HttpResponse> {
+    if (this.#response === undefined) {
+      const seconds = Math.round(this.#stallMs / 1000);
+      this.#watch = new StallWatch(this.#stallMs, () =>
+        this.#control.abort(new StallError(`download ${this.what}: no progress for ${seconds} s (STALL_SECONDS)`)),
+      );
+      this.#response = this.#source.getBlob(this.#blob.digest, this.what, this.#control.signal);
+      this.#response.catch(() => {}); // awaited by the upload, unless starting it fails first
+    }
+    return this.#response;
+  }
+
+  progress(): void {
+    this.#watch?.touch();
+  }
+
+  /** Read to its end: nothing left to abort. */
+  finished(): void {
+    this.#finished = true;
+  }
+
+  /** The reason, when the download was given up for making no progress. */
+  get stalled(): StallError | undefined {
+    const reason: unknown = this.#control.signal.reason;
+    return reason instanceof StallError ? reason : undefined;
+  }
+
+  async end(): Promise<void> {
+    this.#watch?.stop();
+    if (this.#finished || this.#response === undefined) return;
+    this.#control.abort();
+    await this.#response.then(discard, () => {});
   }
 }
 

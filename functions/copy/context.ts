@@ -17,12 +17,27 @@ export class CopyContext {
   readonly image: string;
   readonly #emit: EmitEvent;
   #bytesUploaded = 0;
+  /** Manifests of this image copied or being copied, by digest: each is copied once. */
+  readonly #manifests = new Map<string, Promise<void>>();
 
   constructor(options: { source: Repository; target: Repository; image: string; emit: EmitEvent }) {
     this.source = options.source;
     this.target = options.target;
     this.image = options.image;
     this.#emit = options.emit;
+  }
+
+  /**
+   * Runs `copy` for a manifest digest once per image: an index may list a child many times, and
+   * several indexes the same child; later askers wait for the first copy.
+   */
+  once(digest: string, copy: () => Promise<void>): Promise<void> {
+    let copying = this.#manifests.get(digest);
+    if (copying === undefined) {
+      copying = copy();
+      this.#manifests.set(digest, copying);
+    }
+    return copying;
   }
 
   /** Blob bytes this copy has uploaded (blobs found or mounted in the backup do not count). */

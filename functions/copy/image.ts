@@ -3,6 +3,7 @@
 // one HEAD when the backup already holds the digest.
 
 import { describeError } from '../../lib/errors.ts';
+import { errorDetail } from '../registry/errors.ts';
 import {
   backupReference,
   formatReference,
@@ -14,17 +15,27 @@ import {
   type ImageReference,
 } from '../contract/index.ts';
 import type { Logger } from '../log.ts';
-import type { Access, FetchedManifest, Repository, RepositoryName } from '../registry/repository.ts';
+import type { Access, FetchedManifest, ManifestBudget, Repository, RepositoryName } from '../registry/repository.ts';
 import type { BlobOutcome } from './blob.ts';
 import { CopyContext, type EmitEvent } from './context.ts';
+import { CopyAbortedError, ImageBudget, type CopyLimits } from './limits.ts';
 import { noReferrers, ReferrerCopier } from './referrers.ts';
 import type { TreeCopier } from './tree.ts';
 
+/** What binds every request of one copy: when it ends, and what it may read. */
+export interface CopyScope {
+  readonly signal: AbortSignal;
+  readonly budget: ManifestBudget;
+}
+
 export interface ImageCopierOptions {
-  /** A handle on a repository, with the access a copy needs there. */
-  readonly repository: (name: RepositoryName, access: Access) => Repository;
+  /** A handle on a repository, with the access a copy needs there, its requests bound to the copy. */
+  readonly repository: (name: RepositoryName, access: Access, scope: CopyScope) => Repository;
   readonly tree: TreeCopier;
   readonly backup: BackupLocation;
+  readonly limits: CopyLimits;
+  /** Whether images may be copied from a registry (SOURCE_REGISTRIES); default: any. */
+  readonly sourceAllowed?: (registry: string) => boolean;
   readonly logger: Logger;
   /**
    * Runs before anything is pushed to a backup repository (ECR creates it); true when it has just
@@ -47,7 +58,7 @@ export class ImageCopier {
   readonly #now: () => number;
   readonly #referrers: ReferrerCopier;
   /** Copies in flight, by source: concurrent requests for one image share one copy. */
-  readonly #inFlight = new Map<string, { promise: Promise<CloneResult>; listeners: Set<EmitEvent> }>();
+  readonly #inFlight = new Map<string, InFlightCopy>();
 
   constructor(options: ImageCopierOptions) {
     this.#options = options;
@@ -55,8 +66,12 @@ export class ImageCopier {
     this.#referrers = new ReferrerCopier(options.tree);
   }
 
-  /** Copies one image into the backup; never throws: a failure is a `failed` result. */
-  async copy(input: string, emit?: EmitEvent): Promise<CloneResult> {
+  /**
+   * Copies one image into the backup; never throws: a failure is a `failed` result. `signal`: the
+   * caller stopped waiting (a client gone); a copy nobody waits for any more is cancelled. A
+   * caller without one (a callback job) waits until the copy ends.
+   */
+  async copy(input: string, emit?: EmitEvent, signal?: AbortSignal): Promise<CloneResult> {
     const started = this.#now();
     let source: ImageReference;
     try {
@@ -66,28 +81,47 @@ export class ImageCopier {
     }
     const key = formatReference(source);
     const running = this.#inFlight.get(key);
-    if (running) {
-      if (emit) running.listeners.add(emit);
-      const result = await running.promise;
-      return { ...result, ms: this.#now() - started };
+    const copy = running ?? new InFlightCopy(key, this.#options.limits.imageDeadlineMs);
+    // Waiting (and listening) first, so the new copy's first event reaches this caller too.
+    const waiting = copy.wait(emit, signal);
+    if (running === undefined) {
+      this.#inFlight.set(key, copy);
+      copy.run(() => this.#copyReference(source, copy, started)).finally(() => this.#inFlight.delete(key));
     }
-    const listeners = new Set<EmitEvent>(emit ? [emit] : []);
-    const fanOut: EmitEvent = (event) => listeners.forEach((listener) => listener(event));
-    const promise = this.#copyReference(source, fanOut, started).finally(() => this.#inFlight.delete(key));
-    this.#inFlight.set(key, { promise, listeners });
-    return promise;
+    const result = await waiting;
+    return result === undefined
+      ? { source: key, status: 'failed', error: 'cancelled: the request ended before the copy', ms: this.#now() - started }
+      : { ...result, ms: this.#now() - started };
   }
 
-  async #copyReference(source: ImageReference, emit: EmitEvent, started: number): Promise<CloneResult> {
+  async #copyReference(source: ImageReference, copy: InFlightCopy, started: number): Promise<CloneResult> {
     const { backup, logger } = this.#options;
     const sourceText = formatReference(source);
+    const emit = copy.emit;
     emit({ type: 'image', source: sourceText, status: 'started' });
     logger.info({ image: sourceText }, 'clone started');
     let result: CloneResult;
+    const scope = { signal: copy.signal, budget: new ImageBudget(this.#options.limits) };
     try {
-      result = isBackupImage(source, backup) ? await this.#alreadyBackup(source) : await this.#backUp(source, emit);
+      if (isBackupImage(source, backup)) {
+        result = await this.#alreadyBackup(source, scope);
+      } else if (this.#options.sourceAllowed?.(source.registry) === false) {
+        result = {
+          source: sourceText,
+          status: 'failed',
+          error: `${source.registry} is not an allowed source registry (SOURCE_REGISTRIES)`,
+          ms: 0,
+        };
+      } else {
+        result = await this.#backUp(source, emit, scope);
+      }
     } catch (error) {
-      result = { source: sourceText, status: 'failed', error: describeError(error), ms: 0 };
+      // A copy ended on purpose says why, whatever request it was in when it ended.
+      const reason: unknown = copy.signal.aborted ? copy.signal.reason : undefined;
+      const cause = reason instanceof CopyAbortedError ? reason : error;
+      result = { source: sourceText, status: 'failed', error: describeError(cause), ms: 0 };
+      const detail = errorDetail(cause);
+      if (detail !== undefined) logger.warn({ image: sourceText, error: result.error, detail }, 'registry unreachable');
     }
     result = { ...result, ms: this.#now() - started };
     if (result.status === 'failed') {
@@ -101,8 +135,8 @@ export class ImageCopier {
   }
 
   /** A source under the backup namespace is a backup already: only its digest is looked up. */
-  async #alreadyBackup(source: ImageReference): Promise<CloneResult> {
-    const repository = this.#options.repository(source, 'pull');
+  async #alreadyBackup(source: ImageReference, scope: CopyScope): Promise<CloneResult> {
+    const repository = this.#options.repository(source, 'pull', scope);
     const digest = source.digest ?? (await repository.resolve(source.tag!)).digest;
     return {
       source: formatReference(source),
@@ -113,11 +147,11 @@ export class ImageCopier {
     };
   }
 
-  async #backUp(source: ImageReference, emit: EmitEvent): Promise<CloneResult> {
+  async #backUp(source: ImageReference, emit: EmitEvent, scope: CopyScope): Promise<CloneResult> {
     const sourceText = formatReference(source);
     const targetRef = backupReference(source, this.#options.backup);
-    const from = this.#options.repository(source, 'pull');
-    const to = this.#options.repository(targetRef, 'push');
+    const from = this.#options.repository(source, 'pull', scope);
+    const to = this.#options.repository(targetRef, 'push', scope);
     const tag = targetRef.tag!;
 
     // The tag is pushed last, after the referrers: a tag on the digest means the copy is complete,
@@ -177,5 +211,72 @@ export class ImageCopier {
     }
     const [root, exists] = await Promise.all([known ?? source.getManifest(digest), created ? false : target.exists()]);
     return { root, held: false, empty: !exists, created };
+  }
+}
+
+/**
+ * One copy and whoever waits for it: their progress listeners, and the signals of the ones that
+ * may stop waiting. The copy is aborted at its deadline, or once every waiter has gone.
+ */
+class InFlightCopy {
+  readonly #result: Promise<CloneResult>;
+  #settle!: (result: CloneResult) => void;
+  readonly #control = new AbortController();
+  readonly #listeners = new Set<EmitEvent>();
+  readonly #deadline: ReturnType<typeof setTimeout>;
+  #waiters = 0;
+  readonly #source: string;
+
+  constructor(source: string, deadlineMs: number) {
+    this.#source = source;
+    this.#result = new Promise((resolve) => (this.#settle = resolve));
+    this.#deadline = setTimeout(
+      () =>
+        this.#control.abort(
+          new CopyAbortedError(`the copy took longer than ${Math.round(deadlineMs / 1000)} s (IMAGE_DEADLINE_SECONDS)`),
+        ),
+      deadlineMs,
+    );
+    (this.#deadline as { unref?: () => void }).unref?.();
+  }
+
+  /** Runs the copy (which never throws: a failure is a result); resolves when it has ended. */
+  async run(copy: () => Promise<CloneResult>): Promise<void> {
+    try {
+      this.#settle(await copy());
+    } catch (error) {
+      // copy() reports failures as results; this only keeps a bug from leaving waiters hanging.
+      this.#settle({ source: this.#source, status: 'failed', error: describeError(error), ms: 0 });
+    } finally {
+      clearTimeout(this.#deadline);
+    }
+  }
+
+  get signal(): AbortSignal {
+    return this.#control.signal;
+  }
+
+  readonly emit: EmitEvent = (event) => this.#listeners.forEach((listener) => listener(event));
+
+  /** The result, or undefined when `signal` ended the wait first. */
+  async wait(emit: EmitEvent | undefined, signal: AbortSignal | undefined): Promise<CloneResult | undefined> {
+    this.#waiters++;
+    if (emit) this.#listeners.add(emit);
+    if (signal === undefined) return this.#result;
+    let leave!: () => void;
+    const gone = new Promise<undefined>((resolve) => {
+      leave = () => {
+        if (emit) this.#listeners.delete(emit);
+        if (--this.#waiters === 0) this.#control.abort(new CopyAbortedError('cancelled: nobody waits for this copy any more'));
+        resolve(undefined);
+      };
+      if (signal.aborted) leave();
+      else signal.addEventListener('abort', leave, { once: true });
+    });
+    try {
+      return await Promise.race([this.#result, gone]);
+    } finally {
+      signal.removeEventListener('abort', leave);
+    }
   }
 }

@@ -7,6 +7,7 @@ import { parseManifest, type Descriptor } from '../registry/manifest.ts';
 import type { FetchedManifest } from '../registry/repository.ts';
 import { blobUnits, slotUnits, SMALL_BLOB_BYTES, type BlobCopier, type BlobOutcome } from './blob.ts';
 import type { CopyContext } from './context.ts';
+import { checkIndexDepth, type CopyLimits } from './limits.ts';
 
 /** A copy into a repository that did not exist when it began. */
 export interface FreshRepository {
@@ -23,6 +24,7 @@ export interface FreshRepository {
 
 export interface TreeCopierOptions {
   readonly blobs: BlobCopier;
+  readonly limits: CopyLimits;
   /** Blobs of one manifest copied at once (the process-wide bound is in the BlobCopier). */
   readonly blobConcurrency: number;
   /** Small blobs (see SMALL_BLOB_BYTES) that share one of those slots. */
@@ -43,14 +45,24 @@ export class TreeCopier {
    * first: registries link blobs and manifests per repository, so none can be there unless a copy
    * put it there, and a blob shared by several manifests of the image is uploaded once.
    */
-  async copy(context: CopyContext, manifest: FetchedManifest, reference: string, fresh?: FreshRepository): Promise<HttpResponse> {
+  async copy(
+    context: CopyContext,
+    manifest: FetchedManifest,
+    reference: string,
+    fresh?: FreshRepository,
+    depth = 0,
+  ): Promise<HttpResponse> {
     const { source, target } = context;
     const parsed = parseManifest(manifest.bytes, manifest.mediaType);
-    await mapLimit(parsed.manifests, 2, async (child: Descriptor) => {
-      if (fresh === undefined && (await target.hasManifest(child.digest))) return;
-      const fetched = await source.getManifest(child.digest);
-      await this.copy(context, fetched, child.digest, fresh);
-    });
+    if (parsed.manifests.length > 0) checkIndexDepth(depth, this.#options.limits, `${source}@${manifest.digest}`);
+    const children = [...new Map(parsed.manifests.map((child) => [child.digest, child])).values()];
+    await mapLimit(children, 2, (child: Descriptor) =>
+      context.once(child.digest, async () => {
+        if (fresh === undefined && (await target.hasManifest(child.digest))) return;
+        const fetched = await source.getManifest(child.digest);
+        await this.copy(context, fetched, child.digest, fresh, depth + 1);
+      }),
+    );
     const { blobs, blobConcurrency, smallBlobsPerSlot } = this.#options;
     const slots = new Semaphore(slotUnits(blobConcurrency, smallBlobsPerSlot));
     const copyBlob = async (blob: Descriptor) => {

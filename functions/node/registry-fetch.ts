@@ -1,10 +1,12 @@
 // The registry fetch of the Node entry point: undici's request API with explicit pools, answering
 // with a light object the registry layer reads (HttpResponse). Why not fetch: see registryFetch.
 
+import { lookup, type LookupAddress, type LookupOptions } from 'node:dns';
 import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import type { FunctionConfig } from '../config.ts';
 import { slotUnits } from '../copy/blob.ts';
+import { ForbiddenAddressError, isForbiddenAddress } from '../registry/egress.ts';
 import type { FetchLike, HttpResponse } from '../registry/http.ts';
 
 /** Statuses whose responses carry no content (a Response refuses a body for them). */
@@ -28,7 +30,16 @@ export function registryFetch(config: FunctionConfig): FetchLike {
   // body is that download) when source and backup share a host: a pool smaller than that could
   // fill with uploads waiting for downloads that wait for a connection. Idle ones close after 30 s.
   const transfers = slotUnits(config.transferConcurrency, config.smallBlobsPerSlot);
-  const dispatcher = new Agent({ connections: 2 * transfers + 8, keepAliveTimeout: 30_000, connectTimeout: 15_000 });
+  const dispatcher = new Agent({
+    connections: 2 * transfers + 8,
+    keepAliveTimeout: 30_000,
+    connectTimeout: 15_000,
+    // A body that stops coming for the stall time ends the request: manifests and error pages
+    // too (blob transfers and answers to other requests are watched by the engine itself, the
+    // same way on Workers).
+    bodyTimeout: config.limits.stallMs,
+    connect: { lookup: guardedLookup() },
+  });
   return async (input, init = {}) => {
     const url = input instanceof URL ? input : new URL(input instanceof Request ? input.url : input);
     const method = (init.method ?? 'GET').toUpperCase() as Dispatcher.HttpMethod;
@@ -47,6 +58,26 @@ export function registryFetch(config: FunctionConfig): FetchLike {
     const empty = method === 'HEAD' || NULL_BODY_STATUSES.has(response.statusCode) || response.headers['content-length'] === '0';
     if (empty) await response.body.dump();
     return new RegistryAnswer(response.statusCode, response.headers, empty ? null : response.body);
+  };
+}
+
+type LookupCallback = (error: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+
+/**
+ * DNS resolution for every connection, refusing a name that resolves to a link-local or cloud
+ * metadata address. The address checked is the one the socket then connects to (no second lookup
+ * an attacker's DNS could answer differently). Literal addresses never get here: the registry
+ * client checks those.
+ */
+export function guardedLookup(resolve: typeof lookup = lookup) {
+  return (hostname: string, options: LookupOptions, callback: LookupCallback): void => {
+    resolve(hostname, { ...options }, (error, address, family) => {
+      if (error) return callback(error, address, family);
+      const addresses = Array.isArray(address) ? address.map((entry) => entry.address) : [address];
+      const forbidden = addresses.find((candidate) => isForbiddenAddress(candidate));
+      if (forbidden !== undefined) return callback(new ForbiddenAddressError(forbidden), address, family);
+      callback(null, address, family);
+    });
   };
 }
 

@@ -3,7 +3,9 @@
 // shortly before they expire; Basic credentials are sent once a registry asked for them.
 // Credentials go only to the registry they belong to, or to the token realm that registry named.
 
+import { getDomain } from 'tldts';
 import { readBounded } from '../../lib/body.ts';
+import { registryApiHost } from '../contract/index.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
 import type { CredentialSource, Credentials } from './credentials.ts';
 import { RegistryError } from './errors.ts';
@@ -64,15 +66,21 @@ export class Authenticator {
    * scopes to ask for on the one retry the caller makes (the challenge may name one more), or
    * undefined when trying again cannot help.
    */
-  async unauthorized(registry: string, response: HttpResponse, scopes: readonly string[]): Promise<string[] | undefined> {
+  async unauthorized(
+    registry: string,
+    response: HttpResponse,
+    scopes: readonly string[],
+    sentAuthorization: boolean,
+  ): Promise<string[] | undefined> {
     const challenges = parseChallenges(response.headers.get('www-authenticate'));
     const challenge = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
     if (!challenge) return undefined;
     const known = this.#challenges.get(registry);
     this.#challenges.set(registry, { scheme: challenge.scheme, params: { ...challenge.params, scope: '' } });
     if (challenge.scheme === 'basic') {
-      // Basic credentials already sent and refused are wrong, unless they can be renewed (ECR tokens).
-      if (known?.scheme === 'basic') return this.renewCredentials(registry) ? [...scopes] : undefined;
+      // Basic credentials this request sent and the registry refused are wrong, unless they can be
+      // renewed (ECR tokens). A request sent before a parallel one learned the challenge sent none.
+      if (sentAuthorization && known?.scheme === 'basic') return this.renewCredentials(registry) ? [...scopes] : undefined;
       return (await this.#options.credentials.get(registry)) ? [...scopes] : undefined;
     }
     this.#tokens.delete(tokenKey(registry, challenge, scopes));
@@ -102,6 +110,13 @@ export class Authenticator {
       throw new RegistryError(`token auth for ${registry}: refusing a realm that is not https`, 401);
     }
     const credentials = await this.#options.credentials.get(registry);
+    if (credentials && !mayReceiveCredentials(url, registry, credentials)) {
+      throw new RegistryError(
+        `token auth for ${registry}: the realm ${url.host} is not on the registry's own site; credentials not sent ` +
+          `(list it under "realms" in the registry's auth entry to allow it)`,
+        401,
+      );
+    }
     if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
     for (const scope of scopes) url.searchParams.append('scope', scope);
     if (credentials) url.searchParams.set('account', credentials.username);
@@ -132,6 +147,20 @@ export class Authenticator {
     const margin = Math.min(30, seconds / 10) * 1000;
     return { header: `Bearer ${token}`, expiresAt: requestedAt + seconds * 1000 - margin };
   }
+}
+
+/**
+ * Credentials go to a token realm on the registry's own site (same registrable domain:
+ * registry-1.docker.io → auth.docker.io, registry.gitlab.com → gitlab.com), or one the auth file
+ * names for that registry; never to a host the registry merely named.
+ */
+function mayReceiveCredentials(realm: URL, registry: string, credentials: Credentials): boolean {
+  const registryHost = new URL(`https://${registryApiHost(registry)}`).hostname;
+  if (realm.hostname === registryHost || credentials.realms?.includes(realm.host)) return true;
+  // Sites, like cookies, ignore ports; an address or a single-label name is a site of its own.
+  const site = (host: string) => getDomain(host, { allowPrivateDomains: true });
+  const realmSite = site(realm.hostname);
+  return realmSite !== null && realmSite === site(registryHost);
 }
 
 function tokenKey(registry: string, challenge: Challenge, scopes: readonly string[]): string {

@@ -6,6 +6,11 @@ import { isDockerHub } from '../contract/index.ts';
 export interface Credentials {
   readonly username: string;
   readonly password: string;
+  /**
+   * Token realms (host[:port]) off the registry's own site that may receive these credentials:
+   * an auth entry's "realms" (a key of ours; Docker ignores it).
+   */
+  readonly realms?: readonly string[];
 }
 
 /** Where the client asks for credentials; ECR implements it with short-lived tokens. */
@@ -40,8 +45,9 @@ export function parseDockerConfig(json: string): Map<string, Credentials> {
   for (const [key, entry] of Object.entries(parsed.auths)) {
     if (!isObject(entry)) throw new DockerConfigError(`registry credentials for "${key}" must be an object`);
     const registry = registryFromKey(key);
+    const realms = realmsOf(entry.realms, key);
     if (typeof entry.username === 'string' && typeof entry.password === 'string') {
-      result.set(registry, { username: entry.username, password: entry.password });
+      result.set(registry, { username: entry.username, password: entry.password, ...realms });
       continue;
     }
     if (typeof entry.auth === 'string' && entry.auth !== '') {
@@ -50,12 +56,26 @@ export function parseDockerConfig(json: string): Map<string, Credentials> {
       if (decoded === undefined || colon <= 0) {
         throw new DockerConfigError(`registry credentials for "${key}": "auth" must be base64 of "user:password"`);
       }
-      result.set(registry, { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) });
+      result.set(registry, { username: decoded.slice(0, colon), password: decoded.slice(colon + 1), ...realms });
       continue;
     }
     throw new DockerConfigError(`registry credentials for "${key}" need "auth" or "username" and "password"`);
   }
   return result;
+}
+
+function realmsOf(value: unknown, key: string): { realms?: string[] } {
+  if (value === undefined) return {};
+  if (!Array.isArray(value) || !value.every((realm) => typeof realm === 'string')) {
+    throw new DockerConfigError(`registry credentials for "${key}": "realms" must be a list of token realm hosts or URLs`);
+  }
+  try {
+    return {
+      realms: value.map((realm: string) => new URL(/^[a-z]+:\/\//i.test(realm) ? realm : `https://${realm}`).host.toLowerCase()),
+    };
+  } catch {
+    throw new DockerConfigError(`registry credentials for "${key}": "realms" holds something that is not a host or URL`);
+  }
 }
 
 /** "https://index.docker.io/v1/" → "docker.io"; "https://quay.io" → "quay.io". */

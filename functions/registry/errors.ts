@@ -1,6 +1,8 @@
 // What goes wrong talking to a registry, and whether trying again can help.
 
 import { readBounded } from '../../lib/body.ts';
+import { describeError } from '../../lib/errors.ts';
+import { printable } from '../../lib/text.ts';
 import type { HttpResponse } from './http.ts';
 import { isRetryableStatus, parseRetryAfter, type RetryVerdict } from './retry.ts';
 
@@ -20,25 +22,42 @@ export class RegistryError extends Error {
     this.retryAfterMs = retryAfterMs;
   }
 
-  /** Reads the registry's error body ({"errors":[{code,message}]}) into a readable message. */
+  /**
+   * Names what failed by the status and, when the body is a registry's error document
+   * ({"errors":[{code,message}]}), its first code and message, escaped and bounded. Anything else
+   * the server sent (an HTML page, a banner of whatever answered) is never repeated: the message
+   * may end up in a tenant's Event.
+   */
   static async fromResponse(response: HttpResponse, what: string): Promise<RegistryError> {
-    const text = await errorBody(response);
-    let code: string | undefined;
-    let detail = '';
-    try {
-      const parsed = JSON.parse(text) as { errors?: Array<{ code?: string; message?: string }> };
-      const first = parsed.errors?.[0];
-      if (first) {
-        code = first.code;
-        detail = [first.code, first.message].filter(Boolean).join(': ');
-      }
-    } catch {
-      detail = text.replace(/\s+/g, ' ').trim().slice(0, 200);
-    }
+    const body = await errorBody(response);
+    const error = registryErrorOf(body);
+    // An empty body (a HEAD's answer) says nothing either way.
+    const detail =
+      error !== undefined
+        ? [error.code, error.message].filter(Boolean).join(': ')
+        : body.trim() === ''
+          ? ''
+          : 'not a registry response';
     const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
     const message = `${what}: HTTP ${response.status}${detail ? ` (${detail})` : ''}`;
-    return new RegistryError(message, response.status, code, retryAfterMs);
+    return new RegistryError(message, response.status, error?.code, retryAfterMs);
   }
+}
+
+/** The first error of a distribution error document, escaped; undefined when the body is not one. */
+function registryErrorOf(text: string): { code: string | undefined; message: string | undefined } | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const errors = (parsed as { errors?: unknown } | null)?.errors;
+  if (!Array.isArray(errors)) return undefined;
+  const first = errors[0] as { code?: unknown; message?: unknown } | undefined;
+  const code = typeof first?.code === 'string' && /^[A-Z0-9_]{1,64}$/.test(first.code) ? first.code : undefined;
+  const message = typeof first?.message === 'string' ? printable(first.message, 200) : undefined;
+  return { code, message };
 }
 
 /** The first few KiB of an error answer; a broken body still leaves the status to report. */
@@ -49,6 +68,33 @@ async function errorBody(response: HttpResponse): Promise<string> {
   } catch {
     return '';
   }
+}
+
+/**
+ * A registry could not be reached, or the connection broke. The message says only that; the
+ * reason (refused, reset, TLS) is `detail`, for the operator's log.
+ */
+export class TransportError extends Error {
+  readonly detail: string;
+
+  constructor(message: string, cause: unknown) {
+    super(message);
+    this.name = 'TransportError';
+    this.detail = describeError(cause);
+  }
+}
+
+/** Bytes stopped flowing (or an answer did not come) for the stall time: retried, then failed. */
+export class StallError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StallError';
+  }
+}
+
+/** For a log line: what an error keeps back from its message (a TransportError's reason). */
+export function errorDetail(error: unknown): string | undefined {
+  return error instanceof TransportError ? error.detail : undefined;
 }
 
 /** A failure that trying again cannot mend (a digest mismatch, a manifest too large, …). */

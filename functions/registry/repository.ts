@@ -5,7 +5,8 @@
 // body may be read, and that a manifest fetched by digest hashes to that digest.
 
 import { readBounded } from '../../lib/body.ts';
-import type { RegistryClient } from './client.ts';
+import { printable } from '../../lib/text.ts';
+import type { RegistryClient, RegistryRequest } from './client.ts';
 import { digestOf } from './digest.ts';
 import { PermanentError, RegistryError, classifyError } from './errors.ts';
 import { discard, type HttpResponse } from './http.ts';
@@ -31,6 +32,18 @@ export interface FetchedManifest {
 /** How an upload began: the registry mounted the blob, or gave a location to send it to. */
 export type UploadStart = { readonly mounted: true } | { readonly mounted: false; readonly location: string };
 
+/** Counts what a copy reads (see copy/limits.ts); throws once the copy has read too much. */
+export interface ManifestBudget {
+  charge(bytes: number, name: string): void;
+}
+
+export interface RepositoryOptions {
+  readonly retryPolicy: RetryPolicy;
+  /** Ends every request of this handle: a copy's deadline, or nobody waiting for it any more. */
+  readonly signal?: AbortSignal;
+  readonly budget?: ManifestBudget;
+}
+
 const DIGEST = /^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$/;
 const TAG_LIST_BODY_LIMIT = 4096;
 
@@ -39,14 +52,14 @@ export class Repository implements RepositoryName {
   readonly repository: string;
   readonly #client: RegistryClient;
   readonly #scopes: readonly string[];
-  readonly #retryPolicy: RetryPolicy;
+  readonly #options: RepositoryOptions;
 
-  constructor(client: RegistryClient, name: RepositoryName, access: Access, retryPolicy: RetryPolicy) {
+  constructor(client: RegistryClient, name: RepositoryName, access: Access, options: RepositoryOptions) {
     this.registry = name.registry;
     this.repository = name.repository;
     this.#client = client;
     this.#scopes = [access === 'push' ? pushScope(name.repository) : pullScope(name.repository)];
-    this.#retryPolicy = retryPolicy;
+    this.#options = options;
   }
 
   /** `registry/repository`, as messages name it. */
@@ -61,7 +74,12 @@ export class Repository implements RepositoryName {
    */
   async exists(): Promise<boolean> {
     try {
-      const response = await this.#send('GET', '/tags/list?n=1', `list tags of ${this}`, [200, 404]);
+      const response = await this.#send({
+        method: 'GET',
+        path: '/tags/list?n=1',
+        what: `list tags of ${this}`,
+        expect: [200, 404],
+      });
       if (response.status === 200) {
         await discard(response);
         return true;
@@ -103,8 +121,13 @@ export class Repository implements RepositoryName {
     // The body is read inside the retry: a connection dropped mid-manifest is retried too.
     const { bytes, contentType } = await withRetries(
       async () => {
-        const response = await this.#send('GET', `/manifests/${reference}`, `get manifest ${name}`, [200, 404], {
-          accept: MANIFEST_ACCEPT,
+        const response = await this.#send({
+          method: 'GET',
+          path: `/manifests/${reference}`,
+          what: `get manifest ${name}`,
+          expect: [200, 404],
+          headers: { accept: MANIFEST_ACCEPT },
+          followRedirects: true,
         });
         if (response.status === 404) {
           await discard(response);
@@ -112,8 +135,9 @@ export class Repository implements RepositoryName {
         }
         return { bytes: await readManifestBytes(response, name), contentType: response.headers.get('content-type') };
       },
-      { policy: this.#retryPolicy, classify: classifyError },
+      { policy: this.#options.retryPolicy, classify: classifyError },
     );
+    this.#options.budget?.charge(bytes.byteLength, name);
     const expected = reference.includes(':') ? reference : undefined;
     const digest = digestOf(bytes, expected ?? 'sha256:');
     if (expected !== undefined && digest !== expected) {
@@ -126,20 +150,18 @@ export class Repository implements RepositoryName {
   async putManifest(reference: string, manifest: FetchedManifest): Promise<HttpResponse> {
     const name = this.#nameOf(reference);
     try {
-      const response = await this.#send(
-        'PUT',
-        `/manifests/${reference}`,
-        `push manifest ${name}`,
-        [201, 200, 204],
-        {
-          'content-type': manifest.mediaType,
-        },
-        manifest.bytes,
-      );
+      const response = await this.#send({
+        method: 'PUT',
+        path: `/manifests/${reference}`,
+        what: `push manifest ${name}`,
+        expect: [201, 200, 204],
+        headers: { 'content-type': manifest.mediaType },
+        body: manifest.bytes,
+      });
       await discard(response);
       const stored = response.headers.get('docker-content-digest');
       if (stored && stored !== manifest.digest) {
-        throw new PermanentError(`push manifest ${name}: the registry stored ${stored}, not ${manifest.digest}`);
+        throw new PermanentError(`push manifest ${name}: the registry stored ${printable(stored, 150)}, not ${manifest.digest}`);
       }
       return response;
     } catch (error) {
@@ -155,8 +177,12 @@ export class Repository implements RepositoryName {
   async referrers(digest: string): Promise<Descriptor[] | undefined> {
     let response: HttpResponse;
     try {
-      response = await this.#send('GET', `/referrers/${digest}`, `list referrers of ${this}@${digest}`, [200, 404], {
-        accept: MEDIA_TYPES.ociIndex,
+      response = await this.#send({
+        method: 'GET',
+        path: `/referrers/${digest}`,
+        what: `list referrers of ${this}@${digest}`,
+        expect: [200, 404],
+        headers: { accept: MEDIA_TYPES.ociIndex },
       });
     } catch (error) {
       // 400/405 and the like: a registry that predates the API.
@@ -169,21 +195,35 @@ export class Repository implements RepositoryName {
       return undefined;
     }
     const bytes = await readManifestBytes(response, `referrers of ${this}@${digest}`);
+    this.#options.budget?.charge(bytes.byteLength, `referrers of ${this}@${digest}`);
     return parseManifest(bytes, MEDIA_TYPES.ociIndex).manifests.slice();
   }
 
   /** Whether the repository holds the blob. `what` names it in errors ("blob … of …"). */
   async hasBlob(digest: string, what: string): Promise<boolean> {
-    const head = await this.#send('HEAD', `/blobs/${digest}`, `check ${what} in the backup`, [200, 404]);
+    const head = await this.#send({
+      method: 'HEAD',
+      path: `/blobs/${digest}`,
+      what: `check ${what} in the backup`,
+      expect: [200, 404],
+      followRedirects: true,
+    });
     await discard(head);
     return head.status === 200;
   }
 
   /** Starts a blob's download; the caller reads (or aborts through `signal`) the body. */
   getBlob(digest: string, what: string, signal: AbortSignal): Promise<HttpResponse> {
-    // Compressed transfer would be undone by fetch and the bytes would no longer hash to the digest.
-    return this.#send('GET', `/blobs/${digest}`, `download ${what}`, [200], { 'accept-encoding': 'identity' }, undefined, {
-      signal,
+    const copy = this.#options.signal;
+    return this.#send({
+      method: 'GET',
+      path: `/blobs/${digest}`,
+      what: `download ${what}`,
+      expect: [200],
+      // Compressed transfer would be undone by fetch and the bytes would no longer hash to the digest.
+      headers: { 'accept-encoding': 'identity' },
+      signal: copy === undefined ? signal : AbortSignal.any([copy, signal]),
+      followRedirects: true,
     });
   }
 
@@ -193,15 +233,15 @@ export class Repository implements RepositoryName {
    */
   async startUpload(what: string, mount?: { readonly digest: string; readonly from: string }): Promise<UploadStart> {
     const query = mount ? `?mount=${encodeURIComponent(mount.digest)}&from=${encodeURIComponent(mount.from)}` : '';
-    const response = await this.#send(
-      'POST',
-      `/blobs/uploads/${query}`,
-      `start upload of ${what}`,
-      [201, 202],
-      { 'content-length': '0' },
-      new Uint8Array(0),
-      { ...(mount && { scopes: [...this.#scopes, pullScope(mount.from)] }) },
-    );
+    const response = await this.#send({
+      method: 'POST',
+      path: `/blobs/uploads/${query}`,
+      what: `start upload of ${what}`,
+      expect: [201, 202],
+      headers: { 'content-length': '0' },
+      body: new Uint8Array(0),
+      ...(mount && { scopes: [...this.#scopes, pullScope(mount.from)] }),
+    });
     await discard(response);
     if (response.status === 201) return { mounted: true };
     const location = response.headers.get('location');
@@ -217,79 +257,77 @@ export class Repository implements RepositoryName {
     body: Uint8Array | ReadableStream<Uint8Array>,
     what: string,
   ): Promise<void> {
-    const response = await this.#send(
-      'PUT',
-      { location: withDigest(location, digest) },
-      `upload ${what}`,
-      [201, 204],
-      { 'content-type': 'application/octet-stream', 'content-length': String(size) },
+    const response = await this.#send({
+      method: 'PUT',
+      location: withDigest(location, digest),
+      what: `upload ${what}`,
+      expect: [201, 204],
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) },
       body,
-      { once: true },
-    );
+      once: true,
+    });
     await discard(response);
   }
 
   /** Sends one chunk of an upload; the answer's Location is where the next goes. */
   async uploadChunk(location: string, offset: number, length: number, body: ReadableStream<Uint8Array>, what: string) {
-    const response = await this.#send(
-      'PATCH',
-      { location },
-      `upload ${what} (bytes ${offset}-${offset + length - 1})`,
-      [202, 201, 204],
-      {
+    const response = await this.#send({
+      method: 'PATCH',
+      location,
+      what: `upload ${what} (bytes ${offset}-${offset + length - 1})`,
+      expect: [202, 201, 204],
+      headers: {
         'content-type': 'application/octet-stream',
         'content-length': String(length),
         'content-range': `${offset}-${offset + length - 1}`,
       },
       body,
-    );
+    });
     await discard(response);
     return response.headers.get('location') ?? location;
   }
 
   /** Ends a chunked upload: an empty PUT with the digest. */
   async commitChunkedUpload(location: string, digest: string, what: string): Promise<void> {
-    const response = await this.#send(
-      'PUT',
-      { location: withDigest(location, digest) },
-      `finish upload of ${what}`,
-      [201, 204],
-      { 'content-length': '0' },
-      new Uint8Array(0),
-    );
+    const response = await this.#send({
+      method: 'PUT',
+      location: withDigest(location, digest),
+      what: `finish upload of ${what}`,
+      expect: [201, 204],
+      headers: { 'content-length': '0' },
+      body: new Uint8Array(0),
+    });
     await discard(response);
   }
 
   /** HEAD of a manifest: undefined when the registry does not have it, else the digest it names. */
   async #headManifest(reference: string, what: string): Promise<{ digest: string | undefined } | undefined> {
-    const head = await this.#send('HEAD', `/manifests/${reference}`, what, [200, 404], { accept: MANIFEST_ACCEPT });
+    const head = await this.#send({
+      method: 'HEAD',
+      path: `/manifests/${reference}`,
+      what,
+      expect: [200, 404],
+      headers: { accept: MANIFEST_ACCEPT },
+      followRedirects: true,
+    });
     await discard(head);
     if (head.status === 404) return undefined;
     return { digest: head.headers.get('docker-content-digest') ?? undefined };
   }
 
-  /** `where`: a path under /v2/<name>, or an upload location. */
+  /** A request to `path` under /v2/<name>, or to an upload `location` the registry handed out. */
   #send(
-    method: 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH',
-    where: string | { readonly location: string },
-    what: string,
-    expect: readonly number[],
-    headers?: Readonly<Record<string, string>>,
-    body?: Uint8Array | ReadableStream<Uint8Array>,
-    extra: { readonly scopes?: readonly string[]; readonly once?: boolean; readonly signal?: AbortSignal } = {},
+    request: Omit<RegistryRequest, 'registry' | 'path' | 'scopes'> &
+      ({ readonly path: string } | { readonly location: string }) & { readonly scopes?: readonly string[] },
   ): Promise<HttpResponse> {
+    const { scopes, ...rest } = request;
+    const signal = request.signal ?? this.#options.signal;
     return this.#client.send({
+      ...rest,
       registry: this.registry,
-      method,
-      // An upload location is a URL (or path) the registry handed out: used as given.
-      path: typeof where === 'string' ? `/v2/${this.repository}${where}` : where.location,
-      scopes: extra.scopes ?? this.#scopes,
-      what,
-      expect,
-      ...(headers && { headers }),
-      ...(body !== undefined && { body }),
-      ...(extra.once && { once: true }),
-      ...(extra.signal && { signal: extra.signal }),
+      path: 'location' in request ? request.location : `/v2/${this.repository}${request.path}`,
+      scopes: scopes ?? this.#scopes,
+      ...(signal && { signal }),
     });
   }
 

@@ -126,7 +126,10 @@ describe('ECR as the backup registry', () => {
     const copier = await startNodeFunction({
       BACKUP_REGISTRY: backup.host,
       BACKUP_NAMESPACE: 'backup',
-      INSECURE_REGISTRIES: `${ecr.registryHost},${backup.host}`,
+      // The "S3" origin is plain HTTP on loopback: a redirect there is followed only because it is
+      // listed (real S3 is HTTPS, which needs no listing; a redirect to an unlisted plain-HTTP host
+      // is refused, see test/integration/hostile-scenarios.ts).
+      INSECURE_REGISTRIES: `${ecr.registryHost},${backup.host},${new URL(ecr.s3Origin).host}`,
       REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [ecr.registryHost]: { username: 'AWS', password: token.password } } }),
     });
     try {

@@ -6,11 +6,16 @@ import { createHmac } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CloneResult } from '../../functions/contract/index.ts';
-import { backupLocation, backupReference } from '../../functions/contract/index.ts';
-import { parseReference, repositoryName } from '../../functions/contract/index.ts';
+import {
+  backupLocation,
+  backupReference,
+  parseReference,
+  repositoryName,
+  type CloneResult,
+} from '../../functions/contract/index.ts';
 import type { CloneFunction, FunctionEnv } from '../support/clone-function.ts';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
+import { freePort } from '../support/ports.ts';
 import {
   cosignSignature,
   cosignTag,
@@ -52,9 +57,12 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
     let backup: Registry;
     let backupSession: RegistrySession;
     let fn: CloneFunction;
+    /** Where the callback test's receiver listens: the function's only allowed callback origin. */
+    let callbackPort: number;
     const location = () => backupLocation(backup.host, NAMESPACE, { layout: 'flat' });
 
     beforeAll(async () => {
+      callbackPort = await freePort();
       [source, backup] = await Promise.all([
         startRegistry({ auth: 'none', allowForeignUrls: true }),
         startRegistry({ auth: 'token', allowForeignUrls: true }),
@@ -69,6 +77,7 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
         INSECURE_REGISTRIES: `${proxy.host},${sourceReferrers.host},${backup.host}`,
         REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [backup.host]: backup.credentials } }),
         CALLBACK_SECRET,
+        CALLBACK_ORIGINS: `http://127.0.0.1:${callbackPort}`,
       });
     });
 
@@ -514,7 +523,7 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
           answer = 204;
         });
       });
-      await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+      await new Promise<void>((resolve) => receiver.listen(callbackPort, '127.0.0.1', resolve));
       const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/callback`;
       try {
         const response = await fn.clone({ images: [reference], callback: { url, context: { workload: 'default/app' } } });

@@ -26,13 +26,14 @@ function fakeEngine(): CloneEngine & { calls: string[][] } {
   };
 }
 
-function setup(options: { jobs?: CloneJob[] } = {}) {
+function setup(options: { jobs?: CloneJob[]; callbackOrigins?: string[] } = {}) {
   const engine = fakeEngine();
   const app = createApp({
     authToken: TOKEN,
     engine,
     logger: silent,
     maxImagesPerRequest: 3,
+    callbackOrigins: new Set(options.callbackOrigins ?? ['http://bridge']),
     newJobId: () => 'job-1',
     ...(options.jobs && { jobs: { submit: async (job: CloneJob) => void options.jobs!.push(job) } }),
   });
@@ -113,6 +114,41 @@ describe('POST /clone', () => {
     expect(await response.json()).toEqual({ job: 'job-1' });
     expect(jobs).toEqual([{ id: 'job-1', images: ['a'], callback: { url: 'http://bridge/cb', context: { key: 'ns/x' } } }]);
     expect(engine.calls).toEqual([]);
+  });
+
+  it('posts callbacks only to the origins the operator allows', async () => {
+    const jobs: CloneJob[] = [];
+    const answer = async (callbackOrigins: string[], url: string) => {
+      const response = await setup({ jobs, callbackOrigins }).post(JSON.stringify({ images: ['a'], callback: { url } }));
+      return { status: response.status, error: ((await response.json()) as { error?: string }).error };
+    };
+    expect(await answer(['http://bridge'], 'http://169.254.169.254/latest/meta-data')).toEqual({
+      status: 400,
+      error: '"callback.url": http://169.254.169.254 is not an allowed origin (CALLBACK_ORIGINS)',
+    });
+    expect((await answer(['http://bridge'], 'http://bridge:8081/cb')).status).toBe(400);
+    expect((await answer([], 'http://bridge/cb')).error).toMatch(/CALLBACK_ORIGINS is not set/);
+    expect(jobs).toEqual([]);
+    expect((await answer(['http://bridge'], 'http://bridge/callback?x=1')).status).toBe(202);
+    expect(jobs).toHaveLength(1);
+  });
+
+  it('bounds callback.context, which comes back in the callback as sent', async () => {
+    const jobs: CloneJob[] = [];
+    const { post } = setup({ jobs });
+    const nested = `${'{"a":'.repeat(5000)}1${'}'.repeat(5000)}`;
+    const deep = await post(`{"images":["a"],"callback":{"url":"http://bridge/cb","context":${nested}}}`);
+    expect(deep.status).toBe(400);
+    expect(((await deep.json()) as { error: string }).error).toMatch(/nested more than 16 levels/);
+    const large = await post(
+      JSON.stringify({ images: ['a'], callback: { url: 'http://bridge/cb', context: 'x'.repeat(20_000) } }),
+    );
+    expect(((await large.json()) as { error: string }).error).toMatch(/larger than 16 KiB/);
+    const bridgeShaped = await post(
+      JSON.stringify({ images: ['a'], callback: { url: 'http://bridge/cb', context: { workloads: ['Deployment/ns/x'] } } }),
+    );
+    expect(bridgeShaped.status).toBe(202);
+    expect(jobs).toHaveLength(1);
   });
 
   it('refuses a callback when no CALLBACK_SECRET is configured', async () => {

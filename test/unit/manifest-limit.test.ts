@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BlobCopier, KnownBlobs } from '../../functions/copy/blob.ts';
 import { ImageCopier } from '../../functions/copy/image.ts';
+import { DEFAULT_LIMITS } from '../../functions/copy/limits.ts';
 import { TreeCopier } from '../../functions/copy/tree.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 import { RegistryClient } from '../../functions/registry/client.ts';
@@ -24,7 +25,9 @@ function clientServing(body: () => ReadableStream<Uint8Array>, headers: Record<s
 }
 
 function repositoryServing(body: () => ReadableStream<Uint8Array>, headers: Record<string, string> = {}) {
-  return new Repository(clientServing(body, headers), { registry: 'source.example', repository: 'app' }, 'pull', policy);
+  return new Repository(clientServing(body, headers), { registry: 'source.example', repository: 'app' }, 'pull', {
+    retryPolicy: policy,
+  });
 }
 
 function copierServing(body: () => ReadableStream<Uint8Array>) {
@@ -35,11 +38,13 @@ function copierServing(body: () => ReadableStream<Uint8Array>) {
     transferConcurrency: 1,
     smallBlobsPerSlot: 1,
     retryPolicy: policy,
+    stallMs: DEFAULT_LIMITS.stallMs,
   });
   return new ImageCopier({
-    repository: (name, access) => new Repository(client, name, access, policy),
-    tree: new TreeCopier({ blobs, blobConcurrency: 1, smallBlobsPerSlot: 1 }),
+    repository: (name, access, scope) => new Repository(client, name, access, { retryPolicy: policy, ...scope }),
+    tree: new TreeCopier({ blobs, limits: DEFAULT_LIMITS, blobConcurrency: 1, smallBlobsPerSlot: 1 }),
     backup: backupLocation('backup.example', 'ns'),
+    limits: DEFAULT_LIMITS,
     logger: silent,
   });
 }

@@ -61,8 +61,31 @@ describe('parseReference normalises like the distribution grammar', () => {
     [`${'a'.repeat(64)}`, /hexadecimal/],
     [`example.com/${'a'.repeat(250)}`, /longer than 255/],
     [`${'a'.repeat(256)}`, /longer than 255/],
+    ['localhost:99999999/a', /invalid registry port 99999999 \(1 to 65535\)/],
+    ['localhost:0/a', /invalid registry port 0/],
+    ['localhost:65536/a', /invalid registry port 65536/],
   ])('%j is refused (%s)', (input, message) => {
     expect(() => parseReference(input)).toThrow(message);
+  });
+
+  it('accepts every port from 1 to 65535', () => {
+    expect(parseReference('localhost:1/a').registry).toBe('localhost:1');
+    expect(parseReference('localhost:65535/a').registry).toBe('localhost:65535');
+  });
+
+  it('shows control and bidi characters of the input as escapes, never as themselves', () => {
+    expect(() => parseReference('ngi\u202Enx:\u0007v1')).toThrow(/ngi\\u\{202e\}nx:\\u\{7\}v1/);
+    let message = '';
+    expect(() => {
+      try {
+        parseReference('evil\u2066/x\r\nInjected: header');
+      } catch (error) {
+        message = (error as Error).message;
+        throw error;
+      }
+    }).toThrow(/invalid/);
+    expect(message).toContain('evil\\u{2066}');
+    expect(message).not.toMatch(/[\u0000-\u001f\u202a-\u202e\u2066-\u2069]/);
   });
 
   it('puts no more than 80 characters of the input in its error', () => {

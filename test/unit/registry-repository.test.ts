@@ -15,7 +15,7 @@ function repositoryOn(registry: FakeRegistry, access: Access = 'pull', name = 't
     credentials: new StaticCredentials(new Map()),
     retryPolicy: policy,
   });
-  return new Repository(client, { registry: HOST, repository: name }, access, policy);
+  return new Repository(client, { registry: HOST, repository: name }, access, { retryPolicy: policy });
 }
 
 const manifestBytes = new TextEncoder().encode(
