@@ -8,7 +8,8 @@ import { readBounded } from '../../lib/body.ts';
 import { registryApiHost } from '../contract/index.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
 import type { CredentialSource, Credentials } from './credentials.ts';
-import { RegistryError } from './errors.ts';
+import { isForbiddenAddress } from './egress.ts';
+import { RegistryError, TransportError } from './errors.ts';
 import type { FetchLike, HttpResponse } from './http.ts';
 
 interface CachedToken {
@@ -19,6 +20,7 @@ interface CachedToken {
 /** Tokens without expires_in last 60 s (distribution token spec). */
 const DEFAULT_TOKEN_SECONDS = 60;
 const TOKEN_BODY_LIMIT = 64 * 1024;
+const TOKEN_TIMEOUT_MS = 30_000;
 
 export interface AuthenticatorOptions {
   readonly fetch: FetchLike;
@@ -109,6 +111,9 @@ export class Authenticator {
     if (url.protocol !== 'https:' && !(url.protocol === 'http:' && this.#options.isInsecure(registry))) {
       throw new RegistryError(`token auth for ${registry}: refusing a realm that is not https`, 401);
     }
+    if (isForbiddenAddress(url.hostname)) {
+      throw new RegistryError(`token auth for ${registry}: refusing a realm at a link-local or cloud metadata address`, 401);
+    }
     const credentials = await this.#options.credentials.get(registry);
     if (credentials && !mayReceiveCredentials(url, registry, credentials)) {
       throw new RegistryError(
@@ -125,7 +130,13 @@ export class Authenticator {
 
     const requestedAt = this.#now();
     // No redirects: credentials were meant for this realm only ("error" does not exist in workerd).
-    const response = await this.#options.fetch(url, { headers, redirect: 'manual' });
+    // Shared by every request waiting for this token: bounded by time, not by one copy's signal.
+    let response: HttpResponse;
+    try {
+      response = await this.#options.fetch(url, { headers, redirect: 'manual', signal: AbortSignal.timeout(TOKEN_TIMEOUT_MS) });
+    } catch (error) {
+      throw new TransportError(`token request for ${registry}: cannot reach ${url.host}`, error);
+    }
     if (!response.ok) {
       throw await RegistryError.fromResponse(response, `token request for ${registry} (${url.host})`);
     }

@@ -59,6 +59,31 @@ describe('Basic auth registries', () => {
     expect(fn.logs()).not.toContain(source.credentials!.password);
   });
 
+  it('copies several images at once from a freshly started function, none refused by the Basic-auth race', async () => {
+    // Each request sent before a parallel one learned the Basic challenge carried no credentials:
+    // its 401 is no refusal of them (it once failed one or more of these images).
+    const images = Array.from({ length: 6 }, (_, i) => dockerManifestList(`parallel-${i}`));
+    await Promise.all(
+      images.map((image, i) =>
+        pushImage(source.url, `parallel/app-${i}`, image, { tag: 'v1', credentials: source.credentials! }),
+      ),
+    );
+    const fresh = await startNodeFunction({
+      BACKUP_REGISTRY: backup.host,
+      BACKUP_NAMESPACE: 'parallel',
+      INSECURE_REGISTRIES: `${source.host},${backup.host}`,
+      IMAGE_CONCURRENCY: '6',
+      REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [backup.host]: backup.credentials, [source.host]: source.credentials } }),
+    });
+    try {
+      const response = await fresh.clone({ images: images.map((_, i) => `${source.host}/parallel/app-${i}:v1`) });
+      const results = response.body.results as Array<{ status: string; error?: string }>;
+      expect(results.map((result) => result.error ?? result.status)).toEqual(images.map(() => 'copied'));
+    } finally {
+      await fresh.stop();
+    }
+  });
+
   it('fails clearly, without the password, when the backup refuses the credentials', async () => {
     const wrong = await startNodeFunction({
       BACKUP_REGISTRY: backup.host,

@@ -85,6 +85,12 @@ describe('bearer tokens', () => {
     );
   });
 
+  it('asks no realm at a link-local or metadata address', async () => {
+    const metadata = new FakeRegistry().on(() => bearerChallenge('https://169.254.169.254/latest/token'));
+    await expect(head(clientFor(metadata))).rejects.toThrow(/refusing a realm at a link-local or cloud metadata address/);
+    expect(metadata.sentTo('169.254.169.254')).toEqual([]);
+  });
+
   it('shares one token request among concurrent requests', async () => {
     const { registry, issued } = tokenRegistry();
     const client = clientFor(registry);
