@@ -7,7 +7,14 @@ import { Hono, type Context } from 'hono';
 import type { z } from 'zod';
 import { readBounded } from '../lib/body.ts';
 import { printable } from '../lib/text.ts';
-import { cloneRequestSchema, parseReference, type CloneEvent, type CloneResult } from './contract/index.ts';
+import {
+  cloneRequestSchema,
+  imageOfRequest,
+  parseReference,
+  type CloneEvent,
+  type CloneResult,
+  type ImageRequest,
+} from './contract/index.ts';
 import type { CloneEngine } from './engine.ts';
 import type { JobRunner } from './jobs.ts';
 import type { Logger } from './log.ts';
@@ -116,11 +123,11 @@ function valueAt(value: unknown, path: readonly PropertyKey[]): unknown {
   return current;
 }
 
-function invalidReferences(images: readonly string[]): string[] {
+function invalidReferences(images: readonly ImageRequest[]): string[] {
   const problems: string[] = [];
   images.forEach((image, index) => {
     try {
-      parseReference(image);
+      parseReference(imageOfRequest(image));
     } catch (error) {
       problems.push(`images[${index}]: ${(error as Error).message}`);
     }
@@ -141,7 +148,7 @@ function refuseCallbackUrl(url: string, allowed: ReadonlySet<string>): string | 
 }
 
 /** NDJSON: progress events as they happen, then every result. */
-function streamProgress(engine: CloneEngine, images: readonly string[], requestSignal: AbortSignal): Response {
+function streamProgress(engine: CloneEngine, images: readonly ImageRequest[], requestSignal: AbortSignal): Response {
   const encoder = new TextEncoder();
   let send: (line: object) => void = () => {};
   // The stream is cancelled when the client goes away, which some runtimes tell sooner than the request's signal.

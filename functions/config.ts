@@ -34,11 +34,10 @@ export function originOf(url: string): string | undefined {
 }
 
 /**
- * SOURCE_REGISTRIES: the registries images may be copied from, as written in references
- * (docker.io, quay.io, registry.example.com:5000); `*` matches any run of characters, so
- * `*.gcr.io` allows every gcr.io host.
+ * Registries as references name them (docker.io, quay.io, registry.example.com:5000), where `*`
+ * matches any run of characters (`*.gcr.io`): SOURCE_REGISTRIES, SHARED_CREDENTIAL_REGISTRIES.
  */
-export class SourceAllowlist {
+export class RegistryPatterns {
   readonly #patterns: RegExp[];
   readonly text: string;
 
@@ -85,7 +84,9 @@ export interface FunctionConfig {
    */
   readonly callbackOrigins: ReadonlySet<string>;
   /** Registries images may be copied from (globs); undefined: any. */
-  readonly sourceRegistries: SourceAllowlist | undefined;
+  readonly sourceRegistries: RegistryPatterns | undefined;
+  /** Source registries the function's own credentials serve (globs); undefined: none but the backup. */
+  readonly sharedCredentialRegistries: RegistryPatterns | undefined;
   readonly limits: CopyLimits;
   readonly ecr: EcrSettings;
 }
@@ -98,6 +99,16 @@ export interface EcrSettings {
   readonly encryption: 'AES256' | 'KMS';
   readonly kmsKey: string | undefined;
 }
+
+/** A comma list of RegistryPatterns; empty: undefined. */
+const registryPatterns = list.transform((patterns, ctx) => {
+  for (const pattern of patterns) {
+    if (!/^[a-z0-9*]([a-z0-9*.-]*[a-z0-9*])?(:[0-9*]+)?$/i.test(pattern)) {
+      ctx.addIssue({ code: 'custom', message: `"${printable(pattern, 80)}" is not a registry host or glob` });
+    }
+  }
+  return patterns.length === 0 ? undefined : new RegistryPatterns(patterns);
+});
 
 const environment = z.object({
   ...backupEnvironment,
@@ -124,14 +135,8 @@ const environment = z.object({
   // The bridge's CALLBACK_URL, when the function reads the same ConfigMap: its origin is where
   // callbacks may go unless CALLBACK_ORIGINS says otherwise.
   CALLBACK_URL: httpUrl("the bridge's /callback"),
-  SOURCE_REGISTRIES: list.transform((patterns, ctx) => {
-    for (const pattern of patterns) {
-      if (!/^[a-z0-9*]([a-z0-9*.-]*[a-z0-9*])?(:[0-9*]+)?$/i.test(pattern)) {
-        ctx.addIssue({ code: 'custom', message: `"${printable(pattern, 80)}" is not a registry host or glob` });
-      }
-    }
-    return patterns.length === 0 ? undefined : new SourceAllowlist(patterns);
-  }),
+  SOURCE_REGISTRIES: registryPatterns,
+  SHARED_CREDENTIAL_REGISTRIES: registryPatterns,
   MAX_INDEX_DEPTH: integer(4, 1, 16),
   MAX_MANIFESTS_PER_IMAGE: integer(256, 1, 10_000),
   MAX_MANIFEST_BYTES_PER_IMAGE: integer(16 * 1024 * 1024, 4 * 1024 * 1024, 256 * 1024 * 1024),
@@ -179,6 +184,7 @@ export function loadConfig(env: Environment, registryAuthFile?: string): Functio
         ? values.CALLBACK_ORIGINS
         : new Set([new URL(values.CALLBACK_URL).origin]),
     sourceRegistries: values.SOURCE_REGISTRIES,
+    sharedCredentialRegistries: values.SHARED_CREDENTIAL_REGISTRIES,
     limits: {
       indexDepth: values.MAX_INDEX_DEPTH,
       manifestsPerImage: values.MAX_MANIFESTS_PER_IMAGE,

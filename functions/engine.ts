@@ -5,14 +5,14 @@ import type { ECRClientConfig } from '@aws-sdk/client-ecr';
 import { describeError } from '../lib/errors.ts';
 import { mapLimit } from '../lib/semaphore.ts';
 import type { FunctionConfig } from './config.ts';
-import { registryApiHost, type CloneEvent, type CloneResult } from './contract/index.ts';
+import { imageOfRequest, registryApiHost, type CloneEvent, type CloneResult, type ImageRequest } from './contract/index.ts';
 import { BlobCopier, KnownBlobs, type Runtime } from './copy/blob.ts';
 import { ImageCopier } from './copy/image.ts';
 import { TreeCopier } from './copy/tree.ts';
 import { Ecr } from './ecr.ts';
 import type { Logger } from './log.ts';
 import { RegistryClient } from './registry/client.ts';
-import { StaticCredentials, type CredentialSource } from './registry/credentials.ts';
+import { StaticCredentials, type CredentialSource, type Credentials } from './registry/credentials.ts';
 import type { FetchLike } from './registry/http.ts';
 import { Repository } from './registry/repository.ts';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './registry/retry.ts';
@@ -43,7 +43,16 @@ export interface CloneEngine {
    * One result per image, in order; one failing image never fails the others. `signal`: the
    * caller stopped waiting; copies nobody else waits for are cancelled.
    */
-  cloneAll(images: readonly string[], emit?: (event: CloneEvent) => void, signal?: AbortSignal): Promise<CloneResult[]>;
+  cloneAll(images: readonly ImageRequest[], emit?: (event: CloneEvent) => void, signal?: AbortSignal): Promise<CloneResult[]>;
+}
+
+/** The entries of the auth file the function may use for itself: see createEngine. */
+function sharedCredentials(config: FunctionConfig): Map<string, Credentials> {
+  const shared = new Map<string, Credentials>();
+  for (const [registry, entry] of config.credentials) {
+    if (registry === config.backup.registry || config.sharedCredentialRegistries?.allows(registry)) shared.set(registry, entry);
+  }
+  return shared;
 }
 
 /**
@@ -65,7 +74,10 @@ export function createEngine(options: EngineOptions): CloneEngine {
     );
     observer?.retried?.(info);
   };
-  let credentials = options.credentials ?? new StaticCredentials(config.credentials);
+  // The function's own credentials: for the backup registry, and for the sources the operator
+  // shares them with (SHARED_CREDENTIAL_REGISTRIES), as node-level credentials are. Any other
+  // source is pulled with what the request brings for it (the workload's own), or anonymously.
+  let credentials = options.credentials ?? new StaticCredentials(sharedCredentials(config));
   let ecr: Ecr | undefined;
   if (config.ecr.region !== undefined) {
     ecr = new Ecr({
@@ -77,16 +89,18 @@ export function createEngine(options: EngineOptions): CloneEngine {
     });
     credentials = ecr;
   }
-  const client = new RegistryClient({
-    fetch: options.fetch,
-    credentials,
-    insecureRegistries: config.insecureRegistries,
-    configuredHosts: configuredHosts(config),
-    stallMs: config.limits.stallMs,
-    retryPolicy,
-    onRetry: logRetry,
-    ...(options.userAgent !== undefined && { userAgent: options.userAgent }),
-  });
+  const clientFor = (source: CredentialSource) =>
+    new RegistryClient({
+      fetch: options.fetch,
+      credentials: source,
+      insecureRegistries: config.insecureRegistries,
+      configuredHosts: configuredHosts(config),
+      stallMs: config.limits.stallMs,
+      retryPolicy,
+      onRetry: logRetry,
+      ...(options.userAgent !== undefined && { userAgent: options.userAgent }),
+    });
+  const client = clientFor(credentials);
   const blobs = new BlobCopier({
     runtime: options.runtime,
     known: new KnownBlobs(),
@@ -98,8 +112,15 @@ export function createEngine(options: EngineOptions): CloneEngine {
   });
   const { sourceRegistries } = config;
   const images = new ImageCopier({
-    repository: (name, access, scope) =>
-      new Repository(client, name, access, { retryPolicy, signal: scope.signal, budget: scope.budget }),
+    repository: (name, access, scope, ownCredentials) =>
+      new Repository(
+        // A request's own credentials get a client (so a token cache) of their own, for this copy
+        // only: nothing they unlocked serves another request.
+        ownCredentials === undefined ? client : clientFor(new StaticCredentials(new Map([[name.registry, ownCredentials]]))),
+        name,
+        access,
+        { retryPolicy, signal: scope.signal, budget: scope.budget },
+      ),
     tree: new TreeCopier({
       blobs,
       limits: config.limits,
@@ -122,7 +143,7 @@ export function createEngine(options: EngineOptions): CloneEngine {
           result = await images.copy(image, emit, signal);
         } catch (error) {
           // copy() reports failures as results; this only guards against a bug taking others down.
-          result = { source: String(image), status: 'failed', error: describeError(error), ms: 0 };
+          result = { source: String(imageOfRequest(image)), status: 'failed', error: describeError(error), ms: 0 };
         }
         observer?.cloneFinished?.(result);
         return result;

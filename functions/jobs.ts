@@ -3,7 +3,7 @@
 // caller's URL until a 2xx answer or the deadline.
 
 import { describeError } from '../lib/errors.ts';
-import { CALLBACK_HEADERS, signCallback, type CallbackBody } from './contract/index.ts';
+import { CALLBACK_HEADERS, signCallback, type CallbackBody, type ImageRequest } from './contract/index.ts';
 import type { CloneEngine } from './engine.ts';
 import type { Logger } from './log.ts';
 import type { FetchLike } from './registry/http.ts';
@@ -11,7 +11,8 @@ import { backoffDelay, parseRetryAfter, type RetryPolicy } from './registry/retr
 
 export interface CloneJob {
   readonly id: string;
-  readonly images: readonly string[];
+  /** With the credentials some carry: a job lives in memory only, or encrypted on a Queue. */
+  readonly images: readonly ImageRequest[];
   readonly callback: { readonly url: string; readonly context?: unknown };
 }
 

@@ -7,6 +7,7 @@ import { createApp } from './app.ts';
 import { loadConfig, type FunctionConfig } from './config.ts';
 import { createEngine, type CloneEngine } from './engine.ts';
 import { runCloneJob, type CloneJob } from './jobs.ts';
+import { jobKey, openJob, sealJob, type JobKey, type QueuedJob } from './sealed-jobs.ts';
 import type { Logger } from './log.ts';
 import type { FetchLike } from './registry/http.ts';
 import { DEFAULT_RETRY_POLICY } from './registry/retry.ts';
@@ -30,7 +31,7 @@ interface MessageBatch<T> {
 }
 
 export interface WorkerEnv {
-  readonly CLONE_JOBS?: QueueBinding<CloneJob>;
+  readonly CLONE_JOBS?: QueueBinding<QueuedJob>;
   readonly [variable: string]: unknown;
 }
 
@@ -48,6 +49,8 @@ interface Instance {
   readonly config: FunctionConfig;
   readonly engine: CloneEngine;
   readonly app: ReturnType<typeof createApp>;
+  /** Seals the credentials of queued jobs (derived from CALLBACK_SECRET). */
+  readonly jobKey: Promise<JobKey> | undefined;
 }
 
 /** One engine per isolate and environment: token caches and known blobs survive between requests. */
@@ -70,15 +73,16 @@ function instance(env: WorkerEnv): Instance {
     ...(config.ecr.region !== undefined && { ecrClientConfig: ecrClientConfig(variables) }),
   });
   const queue = env.CLONE_JOBS;
+  const key = config.callbackSecret === undefined ? undefined : jobKey(config.callbackSecret);
   const app = createApp({
     authToken: config.authToken,
     engine,
     logger,
     maxImagesPerRequest: config.maxImagesPerRequest,
     callbackOrigins: config.callbackOrigins,
-    ...(queue && config.callbackSecret && { jobs: { submit: (job: CloneJob) => queue.send(job) } }),
+    ...(queue && key && { jobs: { submit: async (job: CloneJob) => queue.send(await sealJob(job, await key)) } }),
   });
-  existing = { config, engine, app };
+  existing = { config, engine, app, jobKey: key };
   instances.set(env, existing);
   return existing;
 }
@@ -115,10 +119,19 @@ export default {
     return app.fetch(request);
   },
 
-  async queue(batch: MessageBatch<CloneJob>, env: WorkerEnv): Promise<void> {
-    const { config, engine } = instance(env);
+  async queue(batch: MessageBatch<QueuedJob>, env: WorkerEnv): Promise<void> {
+    const { config, engine, jobKey: key } = instance(env);
     for (const message of batch.messages) {
-      const delivered = await runCloneJob(message.body, {
+      let job: CloneJob;
+      try {
+        job = await openJob(message.body, await key!);
+      } catch (error) {
+        // Sealed under another CALLBACK_SECRET (rotated since): it can never be opened here.
+        logger.error({ job: message.body.id, error: (error as Error).name }, 'queued job cannot be opened; dropped');
+        message.ack();
+        continue;
+      }
+      const delivered = await runCloneJob(job, {
         engine,
         fetch: (input, init) => fetch(input, init),
         secret: config.callbackSecret!,

@@ -29,11 +29,39 @@ export const cloneResultSchema = z.looseObject({
 });
 export type CloneResult = z.infer<typeof cloneResultSchema>;
 
+/**
+ * Credentials for one image's source registry: those its workload could pull with (from its
+ * imagePullSecrets). Used for that image's source only, never cached beyond the request.
+ */
+export const registryCredentialsSchema = z.strictObject({
+  username: z.string({ error: '"credentials.username" must be a string' }).min(1).max(1024),
+  password: z
+    .string({ error: '"credentials.password" must be a string' })
+    .min(1)
+    .max(16 * 1024),
+});
+export type RegistryCredentials = z.infer<typeof registryCredentialsSchema>;
+
+/** An image to copy: its reference, or the reference with credentials for its source registry. */
+export const imageRequestSchema = z.union(
+  [
+    z.string(),
+    z.strictObject({ image: z.string({ error: '"image" must be a string' }), credentials: registryCredentialsSchema.optional() }),
+  ],
+  { error: 'each image must be a reference or {"image", "credentials"}' },
+);
+export type ImageRequest = z.infer<typeof imageRequestSchema>;
+
+/** The reference of an image request. */
+export function imageOfRequest(request: ImageRequest): string {
+  return typeof request === 'string' ? request : request.image;
+}
+
 /** The body of `POST /clone`; `maxImages` is the function's MAX_IMAGES_PER_REQUEST. */
 export function cloneRequestSchema(maxImages = DEFAULT_MAX_IMAGES_PER_REQUEST) {
   return z.strictObject({
     images: z
-      .array(z.string({ error: 'each image must be a string' }), { error: '"images" must be a list of image references' })
+      .array(imageRequestSchema, { error: '"images" must be a list of image references' })
       .min(1, '"images" must hold at least one image')
       .max(maxImages, `"images" holds more than ${maxImages} images (MAX_IMAGES_PER_REQUEST)`),
     callback: z

@@ -2,6 +2,7 @@
 // each, children before parents, then the signatures and attestations that refer to it. Skipped in
 // one HEAD when the backup already holds the digest.
 
+import { createHash } from 'node:crypto';
 import { describeError } from '../../lib/errors.ts';
 import { errorDetail } from '../registry/errors.ts';
 import {
@@ -11,8 +12,11 @@ import {
   parseReference,
   repositoryName,
   type BackupLocation,
+  imageOfRequest,
   type CloneResult,
   type ImageReference,
+  type ImageRequest,
+  type RegistryCredentials,
 } from '../contract/index.ts';
 import type { Logger } from '../log.ts';
 import type { Access, FetchedManifest, ManifestBudget, Repository, RepositoryName } from '../registry/repository.ts';
@@ -29,8 +33,11 @@ export interface CopyScope {
 }
 
 export interface ImageCopierOptions {
-  /** A handle on a repository, with the access a copy needs there, its requests bound to the copy. */
-  readonly repository: (name: RepositoryName, access: Access, scope: CopyScope) => Repository;
+  /**
+   * A handle on a repository, with the access a copy needs there, its requests bound to the copy;
+   * with `credentials`, the request's own for that repository's registry.
+   */
+  readonly repository: (name: RepositoryName, access: Access, scope: CopyScope, credentials?: RegistryCredentials) => Repository;
   readonly tree: TreeCopier;
   readonly backup: BackupLocation;
   readonly limits: CopyLimits;
@@ -71,30 +78,40 @@ export class ImageCopier {
    * caller stopped waiting (a client gone); a copy nobody waits for any more is cancelled. A
    * caller without one (a callback job) waits until the copy ends.
    */
-  async copy(input: string, emit?: EmitEvent, signal?: AbortSignal): Promise<CloneResult> {
+  async copy(request: ImageRequest, emit?: EmitEvent, signal?: AbortSignal): Promise<CloneResult> {
     const started = this.#now();
+    const input = imageOfRequest(request);
+    const credentials = typeof request === 'string' ? undefined : request.credentials;
     let source: ImageReference;
     try {
       source = parseReference(input);
     } catch (error) {
       return { source: String(input), status: 'failed', error: describeError(error), ms: 0 };
     }
-    const key = formatReference(source);
+    const name = formatReference(source);
+    // Requests share a copy only with the same credentials: one whose credentials could not pull
+    // the image must not ride on another's.
+    const key = credentials === undefined ? name : `${name} ${credentialsKey(credentials)}`;
     const running = this.#inFlight.get(key);
-    const copy = running ?? new InFlightCopy(key, this.#options.limits.imageDeadlineMs);
+    const copy = running ?? new InFlightCopy(name, this.#options.limits.imageDeadlineMs);
     // Waiting (and listening) first, so the new copy's first event reaches this caller too.
     const waiting = copy.wait(emit, signal);
     if (running === undefined) {
       this.#inFlight.set(key, copy);
-      copy.run(() => this.#copyReference(source, copy, started)).finally(() => this.#inFlight.delete(key));
+      copy.run(() => this.#copyReference(source, copy, started, credentials)).finally(() => this.#inFlight.delete(key));
     }
     const result = await waiting;
     return result === undefined
-      ? { source: key, status: 'failed', error: 'cancelled: the request ended before the copy', ms: this.#now() - started }
+      ? { source: name, status: 'failed', error: 'cancelled: the request ended before the copy', ms: this.#now() - started }
       : { ...result, ms: this.#now() - started };
   }
 
-  async #copyReference(source: ImageReference, copy: InFlightCopy, started: number): Promise<CloneResult> {
+  async #copyReference(
+    source: ImageReference,
+    copy: InFlightCopy,
+    started: number,
+    credentials: RegistryCredentials | undefined,
+  ): Promise<CloneResult> {
     const { backup, logger } = this.#options;
     const sourceText = formatReference(source);
     const emit = copy.emit;
@@ -113,7 +130,7 @@ export class ImageCopier {
           ms: 0,
         };
       } else {
-        result = await this.#backUp(source, emit, scope);
+        result = await this.#backUp(source, emit, scope, credentials);
       }
     } catch (error) {
       // A copy ended on purpose says why, whatever request it was in when it ended.
@@ -147,10 +164,15 @@ export class ImageCopier {
     };
   }
 
-  async #backUp(source: ImageReference, emit: EmitEvent, scope: CopyScope): Promise<CloneResult> {
+  async #backUp(
+    source: ImageReference,
+    emit: EmitEvent,
+    scope: CopyScope,
+    credentials: RegistryCredentials | undefined,
+  ): Promise<CloneResult> {
     const sourceText = formatReference(source);
     const targetRef = backupReference(source, this.#options.backup);
-    const from = this.#options.repository(source, 'pull', scope);
+    const from = this.#options.repository(source, 'pull', scope, credentials);
     const to = this.#options.repository(targetRef, 'push', scope);
     const tag = targetRef.tag!;
 
@@ -212,6 +234,11 @@ export class ImageCopier {
     const [root, exists] = await Promise.all([known ?? source.getManifest(digest), created ? false : target.exists()]);
     return { root, held: false, empty: !exists, created };
   }
+}
+
+/** Tells credentials apart without holding them: a digest of the pair. */
+function credentialsKey(credentials: RegistryCredentials): string {
+  return createHash('sha256').update(`${credentials.username}\0${credentials.password}`).digest('base64url');
 }
 
 /**

@@ -1,5 +1,6 @@
 // A backup registry behind htpasswd (Basic auth) with the nested layout, and a private source
-// whose credentials come from REGISTRY_AUTH_FILE.
+// whose credentials come from REGISTRY_AUTH_FILE (shared, as node-level credentials are) or with
+// the request (a workload's own).
 
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -31,6 +32,7 @@ describe('Basic auth registries', () => {
       BACKUP_NAMESPACE: 'backups/cluster-1',
       INSECURE_REGISTRIES: `${source.host},${backup.host}`,
       REGISTRY_AUTH_FILE: authFile,
+      SHARED_CREDENTIAL_REGISTRIES: source.host,
     });
   });
 
@@ -73,6 +75,7 @@ describe('Basic auth registries', () => {
       BACKUP_NAMESPACE: 'parallel',
       INSECURE_REGISTRIES: `${source.host},${backup.host}`,
       IMAGE_CONCURRENCY: '6',
+      SHARED_CREDENTIAL_REGISTRIES: source.host,
       REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [backup.host]: backup.credentials, [source.host]: source.credentials } }),
     });
     try {
@@ -84,11 +87,50 @@ describe('Basic auth registries', () => {
     }
   });
 
+  it('pulls a private source with the credentials the request brings, and only for that request', async () => {
+    const image = dockerManifestList('tenant-credentials');
+    await pushImage(source.url, 'team-a/app', image, { tag: '1.0', credentials: source.credentials! });
+    // The function's own credentials for the source exist, but are not shared with requests.
+    const tenantFunction = await startNodeFunction({
+      BACKUP_REGISTRY: backup.host,
+      BACKUP_NAMESPACE: 'tenants',
+      INSECURE_REGISTRIES: `${source.host},${backup.host}`,
+      REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [backup.host]: backup.credentials, [source.host]: source.credentials } }),
+    });
+    const reference = `${source.host}/team-a/app:1.0`;
+    try {
+      const [anonymous] = (await tenantFunction.clone({ images: [reference] })).body.results;
+      expect(anonymous.status).toBe('failed');
+      expect(anonymous.error).toMatch(/401/);
+      const [withOwn] = (await tenantFunction.clone({ images: [{ image: reference, credentials: source.credentials }] })).body
+        .results;
+      expect(withOwn, JSON.stringify(withOwn)).toMatchObject({ status: 'copied', digest: image.root.digest });
+      // Nothing the workload's credentials unlocked serves a request without them: not a token,
+      // not the copy already made (the source is asked every time).
+      const [again] = (await tenantFunction.clone({ images: [reference] })).body.results;
+      expect(again.status).toBe('failed');
+      const [wrong] = (
+        await tenantFunction.clone({
+          images: [
+            { image: reference, credentials: { username: source.credentials!.username, password: 'someone-elses-guess' } },
+          ],
+        })
+      ).body.results;
+      expect(wrong.status).toBe('failed');
+      expect(tenantFunction.logs()).toContain('clone finished');
+      expect(tenantFunction.logs()).not.toContain(source.credentials!.password);
+      expect(tenantFunction.logs()).not.toContain('someone-elses-guess');
+    } finally {
+      await tenantFunction.stop();
+    }
+  });
+
   it('fails clearly, without the password, when the backup refuses the credentials', async () => {
     const wrong = await startNodeFunction({
       BACKUP_REGISTRY: backup.host,
       BACKUP_NAMESPACE: 'backups',
       INSECURE_REGISTRIES: `${source.host},${backup.host}`,
+      SHARED_CREDENTIAL_REGISTRIES: source.host,
       REGISTRY_AUTH_JSON: JSON.stringify({
         auths: {
           [backup.host]: { username: backup.credentials!.username, password: 'not-the-password' },

@@ -130,6 +130,8 @@ describe('ECR as the backup registry', () => {
       // listed (real S3 is HTTPS, which needs no listing; a redirect to an unlisted plain-HTTP host
       // is refused, see test/integration/hostile-scenarios.ts).
       INSECURE_REGISTRIES: `${ecr.registryHost},${backup.host},${new URL(ecr.s3Origin).host}`,
+      // An ECR the nodes pull from: the function's own credentials serve it too.
+      SHARED_CREDENTIAL_REGISTRIES: ecr.registryHost,
       REGISTRY_AUTH_JSON: JSON.stringify({ auths: { [ecr.registryHost]: { username: 'AWS', password: token.password } } }),
     });
     try {

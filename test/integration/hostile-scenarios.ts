@@ -64,6 +64,7 @@ export function describeHostileRegistries(runtime: 'node' | 'worker', start: (en
         }),
         // 169.254.*: the egress rules hold for a registry the allowlist lets through too.
         SOURCE_REGISTRIES: '127.0.0.1:*,169.254.*',
+        SHARED_CREDENTIAL_REGISTRIES: authHostile.host,
         STALL_SECONDS: String(STALL_SECONDS),
         MAX_MANIFESTS_PER_IMAGE: '50',
         TRANSFER_CONCURRENCY: '4',

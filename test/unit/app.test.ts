@@ -1,19 +1,23 @@
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../functions/app.ts';
 import type { CloneJob } from '../../functions/jobs.ts';
-import type { CloneEvent, CloneResult } from '../../functions/contract/index.ts';
+import { imageOfRequest, type CloneEvent, type CloneResult, type ImageRequest } from '../../functions/contract/index.ts';
 import type { CloneEngine } from '../../functions/engine.ts';
 
 const TOKEN = 'a-long-enough-test-token';
 const silent = { info() {}, warn() {}, error() {}, debug() {} };
 
 /** An engine that answers from a table, so the HTTP layer is tested on its own. */
-function fakeEngine(): CloneEngine & { calls: string[][] } {
+function fakeEngine(): CloneEngine & { calls: string[][]; requests: ImageRequest[][] } {
   const calls: string[][] = [];
+  const requests: ImageRequest[][] = [];
   return {
     calls,
-    async cloneAll(images, emit?: (event: CloneEvent) => void) {
-      calls.push([...images]);
+    requests,
+    async cloneAll(asked, emit?: (event: CloneEvent) => void) {
+      requests.push([...asked]);
+      const images = asked.map(imageOfRequest);
+      calls.push(images);
       return images.map((image): CloneResult => {
         emit?.({ type: 'image', source: image, status: 'started' });
         const result: CloneResult = image.includes('broken')
@@ -64,7 +68,7 @@ describe('POST /clone', () => {
     ['{}', /missing field "images"/],
     ['{"images": "nginx"}', /must be a list/],
     ['{"images": []}', /at least one image/],
-    ['{"images": [1]}', /must be a string/],
+    ['{"images": [1]}', /each image must be a reference/],
     ['{"images": ["a","b","c","d"]}', /more than 3 images/],
     ['{"images": ["a"], "extra": true}', /unknown field\(s\) "extra"/],
     ['{"images": ["Upper/Case"]}', /images\[0\].*must be lowercase/],
@@ -114,6 +118,19 @@ describe('POST /clone', () => {
     expect(await response.json()).toEqual({ job: 'job-1' });
     expect(jobs).toEqual([{ id: 'job-1', images: ['a'], callback: { url: 'http://bridge/cb', context: { key: 'ns/x' } } }]);
     expect(engine.calls).toEqual([]);
+  });
+
+  it('takes an image with the credentials of its workload, and never repeats them', async () => {
+    const { post, engine } = setup();
+    const credentials = { username: 'tenant', password: 'pull-secret-of-team-a' };
+    const response = await post(JSON.stringify({ images: ['nginx:1', { image: 'private.example/app:2', credentials }] }));
+    expect(response.status).toBe(200);
+    expect(engine.requests).toEqual([['nginx:1', { image: 'private.example/app:2', credentials }]]);
+    const refused = await post(
+      JSON.stringify({ images: [{ image: 'a', credentials: { username: 'u', password: '', extra: 'pull-secret-of-team-a' } }] }),
+    );
+    expect(refused.status).toBe(400);
+    expect(await refused.text()).not.toContain('pull-secret-of-team-a');
   });
 
   it('posts callbacks only to the origins the operator allows', async () => {
