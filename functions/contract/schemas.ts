@@ -22,12 +22,20 @@ export const cloneResultSchema = z.looseObject({
   digest: z.string().max(200).optional(),
   /** Why the copy failed (failed). */
   error: z.string().optional(),
+  /**
+   * What a failure means for the workload, when the source said so (failed): `source_not_found`
+   * (the tag, manifest or repository is gone), `source_unauthorized` (the source refused the
+   * credentials the request brought, or asked for some). Other values may come in later versions.
+   */
+  reason: z.string().max(64).optional(),
   /** Blob bytes uploaded by this copy. */
   bytes: z.number().optional(),
   /** How long the image took; always sent by the function. */
   ms: z.number().optional(),
 });
 export type CloneResult = z.infer<typeof cloneResultSchema>;
+
+export const FAILURE_REASONS = { sourceNotFound: 'source_not_found', sourceUnauthorized: 'source_unauthorized' } as const;
 
 /**
  * Credentials for one image's source registry: those its workload could pull with (from its

@@ -4,9 +4,10 @@
 
 import { createHash } from 'node:crypto';
 import { describeError } from '../../lib/errors.ts';
-import { errorDetail } from '../registry/errors.ts';
+import { errorDetail, NotFoundError, PermanentError, RegistryError } from '../registry/errors.ts';
 import {
   backupReference,
+  FAILURE_REASONS,
   formatReference,
   isBackupImage,
   parseReference,
@@ -134,9 +135,10 @@ export class ImageCopier {
       }
     } catch (error) {
       // A copy ended on purpose says why, whatever request it was in when it ended.
-      const reason: unknown = copy.signal.aborted ? copy.signal.reason : undefined;
-      const cause = reason instanceof CopyAbortedError ? reason : error;
-      result = { source: sourceText, status: 'failed', error: describeError(cause), ms: 0 };
+      const aborted: unknown = copy.signal.aborted ? copy.signal.reason : undefined;
+      const cause = aborted instanceof CopyAbortedError ? aborted : error;
+      const reason = cause instanceof SourceError ? cause.reason : undefined;
+      result = { source: sourceText, status: 'failed', error: describeError(cause), ...(reason && { reason }), ms: 0 };
       const detail = errorDetail(cause);
       if (detail !== undefined) logger.warn({ image: sourceText, error: result.error, detail }, 'registry unreachable');
     }
@@ -184,7 +186,7 @@ export class ImageCopier {
     let digest = source.digest;
     let sourceManifest: FetchedManifest | undefined; // when the registry named no digest and a GET told
     if (digest === undefined) {
-      const resolved = await from.resolve(source.tag!);
+      const resolved = await asSource(from.resolve(source.tag!));
       digest = resolved.digest;
       sourceManifest = resolved.manifest;
     }
@@ -231,8 +233,32 @@ export class ImageCopier {
     if (!created && (await target.hasManifest(digest))) {
       return { root: await target.getManifest(digest), held: true, empty: false, created };
     }
-    const [root, exists] = await Promise.all([known ?? source.getManifest(digest), created ? false : target.exists()]);
+    const [root, exists] = await Promise.all([known ?? asSource(source.getManifest(digest)), created ? false : target.exists()]);
     return { root, held: false, empty: !exists, created };
+  }
+}
+
+/** A failure of the source itself, which the workload's owner can act on (see FAILURE_REASONS). */
+class SourceError extends PermanentError {
+  readonly reason: string;
+
+  constructor(reason: string, cause: Error) {
+    super(cause.message);
+    this.name = 'SourceError';
+    this.reason = reason;
+  }
+}
+
+/** The source's answer about the image itself: gone (404), or refused (401, 403). */
+async function asSource<T>(step: Promise<T>): Promise<T> {
+  try {
+    return await step;
+  } catch (error) {
+    if (error instanceof NotFoundError) throw new SourceError(FAILURE_REASONS.sourceNotFound, error);
+    if (error instanceof RegistryError && (error.status === 401 || error.status === 403)) {
+      throw new SourceError(FAILURE_REASONS.sourceUnauthorized, error);
+    }
+    throw error;
   }
 }
 

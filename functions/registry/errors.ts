@@ -105,6 +105,14 @@ export class PermanentError extends Error {
   }
 }
 
+/** The registry does not have it (404): a tag, a manifest, the repository itself. */
+export class NotFoundError extends PermanentError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'NotFoundError';
+  }
+}
+
 export class DigestMismatchError extends PermanentError {
   constructor(what: string, expected: string, actual: string) {
     super(`${what}: content does not match its digest (expected ${expected}, got ${actual})`);

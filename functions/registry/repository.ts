@@ -8,7 +8,7 @@ import { readBounded } from '../../lib/body.ts';
 import { printable } from '../../lib/text.ts';
 import type { RegistryClient, RegistryRequest } from './client.ts';
 import { digestOf } from './digest.ts';
-import { PermanentError, RegistryError, classifyError } from './errors.ts';
+import { NotFoundError, PermanentError, RegistryError, classifyError } from './errors.ts';
 import { discard, type HttpResponse } from './http.ts';
 import { MANIFEST_ACCEPT, MANIFEST_SIZE_LIMIT, MEDIA_TYPES, parseManifest, type Descriptor } from './manifest.ts';
 import { withRetries, type RetryPolicy } from './retry.ts';
@@ -98,7 +98,7 @@ export class Repository implements RepositoryName {
    */
   async resolve(tag: string): Promise<{ digest: string; manifest?: FetchedManifest }> {
     const head = await this.#headManifest(tag, `resolve ${this}:${tag}`);
-    if (head === undefined) throw new PermanentError(`${this}:${tag} not found (no such tag or repository)`);
+    if (head === undefined) throw new NotFoundError(`${this}:${tag} not found (no such tag or repository)`);
     if (head.digest !== undefined && DIGEST.test(head.digest)) return { digest: head.digest };
     const manifest = await this.getManifest(tag);
     return { digest: manifest.digest, manifest };
@@ -131,7 +131,7 @@ export class Repository implements RepositoryName {
         });
         if (response.status === 404) {
           await discard(response);
-          throw new PermanentError(`${name} not found`);
+          throw new NotFoundError(`${name} not found`);
         }
         return { bytes: await readManifestBytes(response, name), contentType: response.headers.get('content-type') };
       },

@@ -100,7 +100,7 @@ describe('Basic auth registries', () => {
     const reference = `${source.host}/team-a/app:1.0`;
     try {
       const [anonymous] = (await tenantFunction.clone({ images: [reference] })).body.results;
-      expect(anonymous.status).toBe('failed');
+      expect(anonymous).toMatchObject({ status: 'failed', reason: 'source_unauthorized' });
       expect(anonymous.error).toMatch(/401/);
       const [withOwn] = (await tenantFunction.clone({ images: [{ image: reference, credentials: source.credentials }] })).body
         .results;

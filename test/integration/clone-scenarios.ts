@@ -292,8 +292,10 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
         expect(corrupt!.error).toMatch(/does not match its digest/);
       }
       expect(fine!.status).toBe('copied');
-      expect(absent).toMatchObject({ status: 'failed', source: missing });
+      expect(absent).toMatchObject({ status: 'failed', source: missing, reason: 'source_not_found' });
       expect(absent!.error).toMatch(/not found/);
+      // A blob that fails its digest is no statement about the source image being gone.
+      expect(corruptSmall!.reason).toBeUndefined();
 
       for (const [index, image] of images.entries()) {
         const { repository, tag } = expectedTarget(references[index]!);
