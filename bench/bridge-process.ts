@@ -7,7 +7,7 @@ import { closeSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleBridge } from '../scripts/bundle-bridge.ts';
-import { stopChild } from '../test/support/processes.ts';
+import { stopChild } from '../testbed/processes.ts';
 
 const repoRoot = fileURLToPath(new URL('../', import.meta.url));
 const CLOCK_TICKS = 100; // USER_HZ on Linux

@@ -1,5 +1,5 @@
 // The clone function under benchmark: `node functions/node.ts` as users run it (npm start), spawned
-// directly so its pid is known and its memory can be read from /proc. test/support's
+// directly so its pid is known and its memory can be read from /proc. testbed's
 // startNodeFunction hides the process and defaults to debug logging; a benchmark wants the
 // production default (info) and the process's VmHWM.
 
@@ -8,8 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { CloneResult } from '../functions/contract/index.ts';
-import { freePort } from '../test/support/ports.ts';
-import { stopChild } from '../test/support/processes.ts';
+import { freePort } from '../testbed/ports.ts';
+import { stopChild } from '../testbed/processes.ts';
 import { cpuMs, processMemory, type Memory } from './proc.ts';
 
 export const PROJECT_ROOT = resolve(import.meta.dirname, '..');

@@ -18,7 +18,7 @@ import {
   type BridgeProcess,
   type LogLine,
   type System,
-} from '../test/e2e/support.ts';
+} from '../testbed/system.ts';
 import { FINALIZER } from '../bridge/workload.ts';
 
 interface Container {

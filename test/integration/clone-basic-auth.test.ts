@@ -6,9 +6,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startNodeFunction, type CloneFunction } from '../support/clone-function.ts';
-import { dockerManifestList, fetchManifest, pushImage, sha256Digest } from '../support/images.ts';
-import { startRegistry, type Registry } from '../support/registry.ts';
+import { startNodeFunction, type CloneFunction } from '../../testbed/clone-function.ts';
+import { dockerManifestList, fetchManifest, pushImage, sha256Digest } from '../../testbed/images.ts';
+import { startRegistry, type Registry } from '../../testbed/registry.ts';
 
 describe('Basic auth registries', () => {
   let source: Registry;

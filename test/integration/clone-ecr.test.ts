@@ -2,8 +2,8 @@
 // ECR-like registry (repositories must exist, immutable tags, blob GETs redirected to "S3").
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startNodeFunction, type CloneFunction } from '../support/clone-function.ts';
-import { startEcr, type Ecr } from '../support/ecr.ts';
+import { startNodeFunction, type CloneFunction } from '../../testbed/clone-function.ts';
+import { startEcr, type Ecr } from '../../testbed/ecr.ts';
 import {
   dockerImage,
   fetchManifest,
@@ -11,8 +11,8 @@ import {
   pushImage,
   sha256Digest,
   type TestImage,
-} from '../support/images.ts';
-import { startRegistry, type Registry } from '../support/registry.ts';
+} from '../../testbed/images.ts';
+import { startRegistry, type Registry } from '../../testbed/registry.ts';
 import type { Result } from './clone-scenarios.ts';
 
 describe('ECR as the backup registry', () => {

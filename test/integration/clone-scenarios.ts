@@ -13,9 +13,9 @@ import {
   repositoryName,
   type CloneResult,
 } from '../../functions/contract/index.ts';
-import type { CloneFunction, FunctionEnv } from '../support/clone-function.ts';
-import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
-import { freePort } from '../support/ports.ts';
+import type { CloneFunction, FunctionEnv } from '../../testbed/clone-function.ts';
+import { startFaultProxy, type FaultProxy } from '../../testbed/fault-proxy.ts';
+import { freePort } from '../../testbed/ports.ts';
 import {
   cosignSignature,
   cosignTag,
@@ -38,9 +38,9 @@ import {
   zstdImage,
   type RegistrySession,
   type TestImage,
-} from '../support/images.ts';
-import { startReferrersProxy, type ReferrersProxy } from '../support/referrers-proxy.ts';
-import { corruptBlob, startRegistry, type Registry } from '../support/registry.ts';
+} from '../../testbed/images.ts';
+import { startReferrersProxy, type ReferrersProxy } from '../../testbed/referrers-proxy.ts';
+import { corruptBlob, startRegistry, type Registry } from '../../testbed/registry.ts';
 
 export const NAMESPACE = 'backupacct';
 const CALLBACK_SECRET = 'callback-secret-of-the-clone-tests';
@@ -52,7 +52,7 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
   describe(`clone scenarios (${runtime})`, () => {
     let source: Registry;
     let proxy: FaultProxy;
-    /** The source registry again, with the OCI referrers API (test/support/referrers-proxy.ts). */
+    /** The source registry again, with the OCI referrers API (testbed/referrers-proxy.ts). */
     let sourceReferrers: ReferrersProxy;
     let backup: Registry;
     let backupSession: RegistrySession;

@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundleBridge } from '../../scripts/bundle-bridge.ts';
-import { PROJECT_ROOT } from '../support/clone-function.ts';
-import { dockerImage, pushImage } from '../support/images.ts';
-import { freePort } from '../support/ports.ts';
-import { startRegistry } from '../support/registry.ts';
+import { PROJECT_ROOT } from '../../testbed/clone-function.ts';
+import { dockerImage, pushImage } from '../../testbed/images.ts';
+import { freePort } from '../../testbed/ports.ts';
+import { startRegistry } from '../../testbed/registry.ts';
 
 const run = promisify(execFile);
 

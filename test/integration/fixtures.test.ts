@@ -8,7 +8,7 @@ import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import { gunzipSync, gzipSync, zstdDecompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
+import { startFaultProxy, type FaultProxy } from '../../testbed/fault-proxy.ts';
 import {
   dockerImage,
   dockerManifestList,
@@ -31,9 +31,9 @@ import {
   zstdImage,
   type Descriptor,
   type TestImage,
-} from '../support/images.ts';
-import { blobDataPath, corruptBlob, startRegistry, type Registry } from '../support/registry.ts';
-import type { TokenIssuer } from '../support/token-issuer.ts';
+} from '../../testbed/images.ts';
+import { blobDataPath, corruptBlob, startRegistry, type Registry } from '../../testbed/registry.ts';
+import type { TokenIssuer } from '../../testbed/token-issuer.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -577,7 +577,7 @@ describe('fault proxy', () => {
 describe('registry process', () => {
   it('dies with the process that started it, even on SIGKILL', async () => {
     const script = `
-      import { startRegistry } from ${JSON.stringify(new URL('../support/registry.ts', import.meta.url).pathname)};
+      import { startRegistry } from ${JSON.stringify(new URL('../../testbed/registry.ts', import.meta.url).pathname)};
       const registry = await startRegistry();
       console.log(JSON.stringify({ url: registry.url, storageDir: registry.storageDir }));
       setInterval(() => {}, 1000);

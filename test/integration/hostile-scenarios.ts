@@ -1,4 +1,4 @@
-// The clone function against registries that misbehave on purpose (test/support/hostile-registry.ts),
+// The clone function against registries that misbehave on purpose (testbed/hostile-registry.ts),
 // on Node and in workerd: each rule refuses, bounds or recovers, the internal service the hostile
 // registry points at is never reached, nothing it says is echoed, and the function keeps copying
 // other images throughout.
@@ -7,7 +7,7 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CloneResult } from '../../functions/contract/index.ts';
-import type { CloneFunction, FunctionEnv } from '../support/clone-function.ts';
+import type { CloneFunction, FunctionEnv } from '../../testbed/clone-function.ts';
 import {
   blobOf,
   imageOf,
@@ -19,11 +19,11 @@ import {
   startHostileRegistry,
   trickle,
   type HostileRegistry,
-} from '../support/hostile-registry.ts';
-import { ociImage, pushImage } from '../support/images.ts';
-import { freePort } from '../support/ports.ts';
-import { startRegistry, type Registry } from '../support/registry.ts';
-import { waitFor } from '../support/wait.ts';
+} from '../../testbed/hostile-registry.ts';
+import { ociImage, pushImage } from '../../testbed/images.ts';
+import { freePort } from '../../testbed/ports.ts';
+import { startRegistry, type Registry } from '../../testbed/registry.ts';
+import { waitFor } from '../../testbed/wait.ts';
 
 const TENANT_PASSWORD = 'password-of-registry-a';
 const STALL_SECONDS = 2;

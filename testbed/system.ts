@@ -1,7 +1,7 @@
 // The whole system on loopback, started the way an operator runs it, for the end-to-end tests and
 // for `npm run demo`:
 //
-// - a real kube-apiserver (test/support/kube-cluster.ts) with k8s/rbac, k8s/secrets and
+// - a real kube-apiserver (testbed/kube-cluster.ts) with k8s/rbac, k8s/secrets and
 //   k8s/setup/cloner-deployment.yml applied by kubectl, only endpoints and generated secrets
 //   substituted in the text;
 // - a source registry holding the example images (built by code, named like the real ones),
@@ -14,7 +14,7 @@
 //   exercised, and a stand-in for the bridge's Service that sends callbacks to the ready replica
 //   (the lease holder), as the Service in cloner-deployment.yml does.
 //
-// No vitest here: scripts/demo.ts imports it too.
+// No vitest here (nor anywhere in testbed/): scripts/demo.ts and bench/ import it too.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -24,11 +24,11 @@ import { createServer as createHttpServer, request as httpRequest, type Incoming
 import { createConnection, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { backupLocation, backupReference, type BackupLocation } from '../../functions/contract/index.ts';
-import { bundleBridge } from '../../scripts/bundle-bridge.ts';
-import { formatReference, parseReference } from '../../functions/contract/index.ts';
-import { startNodeFunction, type CloneFunction } from '../support/clone-function.ts';
-import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
+import { backupLocation, backupReference, type BackupLocation } from '../functions/contract/index.ts';
+import { bundleBridge } from '../scripts/bundle-bridge.ts';
+import { formatReference, parseReference } from '../functions/contract/index.ts';
+import { startNodeFunction, type CloneFunction } from './clone-function.ts';
+import { startFaultProxy, type FaultProxy } from './fault-proxy.ts';
 import {
   dockerManifestList,
   fetchManifest,
@@ -38,13 +38,13 @@ import {
   sha256Digest,
   type RegistrySession,
   type TestImage,
-} from '../support/images.ts';
-import { startKubeCluster, type KubeCluster } from '../support/kube-cluster.ts';
-import { freePort } from '../support/ports.ts';
-import { startRegistry, type Registry } from '../support/registry.ts';
-import { sleep, waitFor } from '../support/wait.ts';
+} from './images.ts';
+import { startKubeCluster, type KubeCluster } from './kube-cluster.ts';
+import { freePort } from './ports.ts';
+import { startRegistry, type Registry } from './registry.ts';
+import { sleep, waitFor } from './wait.ts';
 
-export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const REPO_ROOT = fileURLToPath(new URL('../', import.meta.url));
 /** The controller's namespace, ServiceAccount and config objects, as k8s/ names them. */
 export const CONTROLLER_NAMESPACE = 'image-clone-controller';
 export const SERVICE_ACCOUNT = 'image-cloner';
@@ -650,7 +650,7 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
 export async function substitute(file: string, replacements: readonly (readonly [RegExp, string])[]): Promise<string> {
   let text = await readFile(join(REPO_ROOT, file), 'utf8');
   for (const [pattern, value] of replacements) {
-    if (!pattern.test(text)) throw new Error(`${file} no longer matches ${pattern}: update test/e2e/support.ts`);
+    if (!pattern.test(text)) throw new Error(`${file} no longer matches ${pattern}: update testbed/system.ts`);
     text = text.replace(pattern, (...match: unknown[]) => `${typeof match[1] === 'string' ? match[1] : ''}${value}`);
   }
   return text;

@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { freePort } from './ports.ts';
 import { stopChild } from './processes.ts';
 
-export const PROJECT_ROOT = resolve(import.meta.dirname, '../..');
+export const PROJECT_ROOT = resolve(import.meta.dirname, '..');
 
 export interface CloneFunction {
   readonly runtime: 'node' | 'worker';

@@ -86,7 +86,7 @@ export interface KubeCluster {
   stop(): Promise<void>;
 }
 
-const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+const repoRoot = fileURLToPath(new URL('../', import.meta.url));
 
 export async function startKubeCluster(options: KubeClusterOptions = {}): Promise<KubeCluster> {
   const binDir = options.binDir ?? process.env.KUBE_BINARIES_DIR ?? (await buildOrFindBinaries());
