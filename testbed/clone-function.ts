@@ -18,11 +18,16 @@ export interface CloneFunction {
   readonly authToken: string;
   /** POST /clone with the token; the parsed JSON and status. */
   clone(body: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any }>;
+  /** stdout and stderr, the last MAX_LOG_CHARS of them. */
   logs(): string;
+  /** Whether logs() lost its beginning to MAX_LOG_CHARS. */
+  logsCut(): boolean;
   stop(): Promise<void>;
 }
 
 export type FunctionEnv = Record<string, string>;
+
+const MAX_LOG_CHARS = 2_000_000;
 
 const children = new Set<ChildProcess>();
 process.once('exit', () => children.forEach((child) => child.kill('SIGKILL')));
@@ -31,17 +36,24 @@ function withToken(env: FunctionEnv): FunctionEnv & { AUTH_TOKEN: string } {
   return { AUTH_TOKEN: randomBytes(16).toString('hex'), LOG_LEVEL: 'debug', ...env };
 }
 
-function track(child: ChildProcess) {
+function track(child: ChildProcess): Output {
   let output = '';
+  let cut = false;
   const append = (chunk: Buffer) => {
-    output = (output + chunk.toString()).slice(-2_000_000);
+    output += chunk.toString();
+    if (output.length > MAX_LOG_CHARS) {
+      output = output.slice(-MAX_LOG_CHARS);
+      cut = true;
+    }
   };
   child.stdout?.on('data', append);
   child.stderr?.on('data', append);
   children.add(child);
   child.once('exit', () => children.delete(child));
-  return () => output;
+  return { logs: () => output, logsCut: () => cut };
 }
+
+type Output = Pick<CloneFunction, 'logs' | 'logsCut'>;
 
 async function waitHealthy(url: string, child: ChildProcess, logs: () => string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -62,14 +74,15 @@ function client(
   runtime: CloneFunction['runtime'],
   url: string,
   authToken: string,
-  logs: () => string,
+  output: Output,
   stop: () => Promise<void>,
 ): CloneFunction {
   return {
     runtime,
     url,
     authToken,
-    logs,
+    logs: output.logs,
+    logsCut: output.logsCut,
     stop,
     async clone(body, headers = {}) {
       const response = await fetch(`${url}/clone`, {
@@ -98,10 +111,10 @@ export async function startNodeFunction(env: FunctionEnv): Promise<CloneFunction
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...full },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const logs = track(child);
+  const output = track(child);
   const url = `http://127.0.0.1:${port}`;
-  await waitHealthy(url, child, logs, 20_000);
-  return client('node', url, full.AUTH_TOKEN, logs, () => stopChild(child));
+  await waitHealthy(url, child, output.logs, 20_000);
+  return client('node', url, full.AUTH_TOKEN, output, () => stopChild(child));
 }
 
 /** dotenv keeps single-quoted values literally (JSON's double quotes included). */
@@ -158,10 +171,10 @@ export async function startWorkerFunction(env: FunctionEnv): Promise<CloneFuncti
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   );
-  const logs = track(child);
+  const output = track(child);
   const url = `http://127.0.0.1:${port}`;
-  await waitHealthy(url, child, logs, 90_000);
-  return client('worker', url, full.AUTH_TOKEN, logs, async () => {
+  await waitHealthy(url, child, output.logs, 90_000);
+  return client('worker', url, full.AUTH_TOKEN, output, async () => {
     await stopChild(child);
     await rm(dir, { recursive: true, force: true });
   });
