@@ -78,10 +78,13 @@ describe('ECR as the backup registry', () => {
     await expectInEcr(image, repository);
     // Just created, so known to be empty: no blob or manifest in it was asked about (only the tag,
     // before the repository was created).
-    const asked = ecr.registryRequests
-      .slice(before)
-      .filter((r) => (r.method === 'HEAD' && /\/(blobs|manifests)\/sha256:/.test(r.url)) || r.url.includes('/tags/list'));
+    const sinceCopy = ecr.registryRequests.slice(before);
+    const asked = sinceCopy.filter(
+      (r) => (r.method === 'HEAD' && /\/(blobs|manifests)\/sha256:/.test(r.url)) || r.url.includes('/tags/list'),
+    );
     expect(asked.map((r) => `${r.method} ${r.url}`)).toEqual([]);
+    // Seen by the same record: the copy's uploads, so the record missed nothing asked.
+    expect(sinceCopy.some((r) => r.method === 'PUT' && r.url.includes(`/${repository}/manifests/`))).toBe(true);
     // Signed with SigV4 by the SDK's default credential chain (the environment here).
     expect(ecr.requests.filter((r) => r.operation === 'GetAuthorizationToken' && r.ok)).toHaveLength(1);
   });

@@ -450,13 +450,18 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       const image = dockerImage(`${runtime}-mount`, { layers: 2, layerSize: 128 * 1024 });
       const first = await seed('mount/one', image);
       const second = await seed('mount/two', image);
+      const blobGets = (from: number) =>
+        proxy.requests.slice(from).filter((r) => r.method === 'GET' && r.url.includes('/blobs/'));
+      const firstBefore = proxy.requests.length;
       await clone([first]);
+      // The proxy records a copy's downloads, so finding none below means there were none.
+      expect(blobGets(firstBefore)).toHaveLength(image.blobs.length);
       backup.issuer!.requests.length = 0;
       const blobGetsBefore = proxy.requests.length;
       const [result] = await clone([second]);
       await expectBackedUp(image, second, result!);
       expect(result!.bytes).toBe(0);
-      expect(proxy.requests.slice(blobGetsBefore).filter((r) => r.method === 'GET' && r.url.includes('/blobs/'))).toEqual([]);
+      expect(blobGets(blobGetsBefore)).toEqual([]);
       const mountScope = `repository:${expectedTarget(first).repository}:pull`;
       expect(backup.issuer!.requests.some((request) => request.scopes.includes(mountScope))).toBe(true);
     });

@@ -61,6 +61,7 @@ describe('container image', () => {
     for (const match of manifests.matchAll(/(dist\/[\w/.-]+\.js)/g)) named.add(match[1]!);
     expect([...named].sort()).toEqual(['dist/bridge/main.js', 'dist/functions/node.js']);
     for (const entry of named) expect(existsSync(join(dir, entry)), entry).toBe(true);
+    expect(existsSync(join(dir, 'node_modules/hono')), 'the production dependencies').toBe(true);
     expect(existsSync(join(dir, 'node_modules/typescript')), 'no dev dependencies').toBe(false);
     expect(existsSync(join(dir, 'node_modules/vitest')), 'no dev dependencies').toBe(false);
   });
