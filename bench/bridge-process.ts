@@ -7,7 +7,7 @@ import { closeSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleBridge } from '../scripts/bundle-bridge.ts';
-import { stopChild } from '../testbed/processes.ts';
+import { killOnExit, stopChild } from '../testbed/processes.ts';
 
 const repoRoot = fileURLToPath(new URL('../', import.meta.url));
 const CLOCK_TICKS = 100; // USER_HZ on Linux
@@ -109,7 +109,7 @@ export function spawnBridge(
   }, sampleMs);
   sampler.unref();
   void exited.then(() => clearInterval(sampler));
-  process.once('exit', () => child.kill('SIGKILL'));
+  killOnExit(child);
 
   return {
     pid,

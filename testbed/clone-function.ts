@@ -8,7 +8,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { freePort } from './ports.ts';
-import { stopChild } from './processes.ts';
+import { killOnExit, stopChild } from './processes.ts';
 
 export const PROJECT_ROOT = resolve(import.meta.dirname, '..');
 
@@ -29,9 +29,6 @@ export type FunctionEnv = Record<string, string>;
 
 const MAX_LOG_CHARS = 2_000_000;
 
-const children = new Set<ChildProcess>();
-process.once('exit', () => children.forEach((child) => child.kill('SIGKILL')));
-
 function withToken(env: FunctionEnv): FunctionEnv & { AUTH_TOKEN: string } {
   return { AUTH_TOKEN: randomBytes(16).toString('hex'), LOG_LEVEL: 'debug', ...env };
 }
@@ -48,8 +45,7 @@ function track(child: ChildProcess): Output {
   };
   child.stdout?.on('data', append);
   child.stderr?.on('data', append);
-  children.add(child);
-  child.once('exit', () => children.delete(child));
+  killOnExit(child);
   return { logs: () => output, logsCut: () => cut };
 }
 

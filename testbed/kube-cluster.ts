@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePorts } from './ports.ts';
+import { diesWithThisProcess, killOnExit } from './processes.ts';
 
 export interface KubeClusterOptions {
   /** Folder holding `kube-apiserver` and `etcd`. Default: $KUBE_BINARIES_DIR, else the output of
@@ -288,15 +289,17 @@ interface Running {
   exitedWith: string | undefined;
 }
 
-/** Everything to undo if the test process exits without calling stop() (a crash, a timeout). */
-const cleanupOnExit = { children: new Set<ChildProcess>(), dirs: new Set<string>(), installed: false };
+/**
+ * The temp dirs to remove if the test process exits without calling stop() (a crash, a timeout);
+ * its processes are killOnExit's.
+ */
+const cleanupOnExit = { dirs: new Set<string>(), installed: false };
 
 function installExitCleanup(): void {
   if (cleanupOnExit.installed) return;
   cleanupOnExit.installed = true;
-  // 'exit' handlers must be synchronous: SIGKILL and rmSync are.
+  // 'exit' handlers must be synchronous: rmSync is.
   process.on('exit', () => {
-    for (const child of cleanupOnExit.children) child.kill('SIGKILL');
     for (const dir of cleanupOnExit.dirs) rmSync(dir, { recursive: true, force: true });
   });
 }
@@ -306,7 +309,7 @@ const ownerFile = 'owner.pid';
 
 /**
  * A test process killed by a signal runs no 'exit' handler, so its temp dir (over 100 MB, mostly
- * etcd's preallocated WAL) stays behind; its processes die with it (see pdeathsig below). Each
+ * etcd's preallocated WAL) stays behind; its processes die with it (diesWithThisProcess). Each
  * dir names its owner; dirs whose owner is gone are removed by the next cluster's start.
  */
 async function removeAbandonedDirs(): Promise<void> {
@@ -329,24 +332,16 @@ function processAlive(pid: number): boolean {
   }
 }
 
-/** setpriv --pdeathsig makes the kernel kill a child when its parent dies, even by SIGKILL. */
-const pdeathsigPrefix: readonly string[] = (() => {
-  const probe = spawnSync('setpriv', ['--help'], { encoding: 'utf8' });
-  return probe.status === 0 && probe.stdout.includes('--pdeathsig') ? ['--pdeathsig', 'KILL', '--'] : [];
-})();
-
 function launch(name: string, binary: string, args: readonly string[], logPath: string): Running {
   installExitCleanup();
   const log = openSync(logPath, 'a');
-  const [command, commandArgs] =
-    pdeathsigPrefix.length > 0 ? ['setpriv', [...pdeathsigPrefix, binary, ...args]] : [binary, [...args]];
   let child: ChildProcess;
   try {
-    child = spawn(command, commandArgs, { stdio: ['ignore', log, log] });
+    child = spawn(...diesWithThisProcess(binary, args), { stdio: ['ignore', log, log] });
   } finally {
     closeSync(log); // the child holds its own copy
   }
-  cleanupOnExit.children.add(child);
+  killOnExit(child);
   const running: Running = {
     name,
     child,
@@ -354,7 +349,6 @@ function launch(name: string, binary: string, args: readonly string[], logPath: 
     exitedWith: undefined,
     exited: new Promise<string>((resolve) => {
       const done = (how: string): void => {
-        cleanupOnExit.children.delete(child);
         running.exitedWith ??= how;
         resolve(running.exitedWith);
       };

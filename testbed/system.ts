@@ -16,12 +16,11 @@
 //
 // No vitest here (nor anywhere in testbed/): scripts/demo.ts and bench/ import it too.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http';
-import { createConnection, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
+import { createConnection, createServer as createTcpServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { backupLocation, backupReference, type BackupLocation } from '../functions/contract/index.ts';
@@ -40,7 +39,8 @@ import {
   type TestImage,
 } from './images.ts';
 import { startKubeCluster, type KubeCluster } from './kube-cluster.ts';
-import { freePort } from './ports.ts';
+import { closeServer, freePort, listenOnLoopback } from './ports.ts';
+import { diesWithThisProcess, killOnExit } from './processes.ts';
 import { startRegistry, type Registry } from './registry.ts';
 import { sleep, waitFor } from './wait.ts';
 
@@ -95,15 +95,6 @@ export function rewriteImageHosts(manifest: string, host: string): string {
 
 // --- processes ----------------------------------------------------------------------------------
 
-/** setpriv --pdeathsig: the kernel ends a child when this process dies, however it dies. */
-const PDEATHSIG: readonly string[] = (() => {
-  const probe = spawnSync('setpriv', ['--help'], { encoding: 'utf8' });
-  return probe.status === 0 && probe.stdout.includes('--pdeathsig') ? ['--pdeathsig', 'KILL', '--'] : [];
-})();
-
-const children = new Set<ChildProcess>();
-process.once('exit', () => children.forEach((child) => child.kill('SIGKILL')));
-
 /** One pino line of a bridge, with the name of the bridge process that wrote it. */
 export interface LogLine {
   readonly bridge: string;
@@ -144,14 +135,12 @@ async function startBridgeProcess(
   onLine: (line: LogLine) => void,
 ): Promise<BridgeProcess> {
   const port = Number(env.PORT);
-  const command = PDEATHSIG.length > 0 ? 'setpriv' : process.execPath;
-  const args = [...(PDEATHSIG.length > 0 ? [...PDEATHSIG, process.execPath] : []), entry];
-  const child = spawn(command, args, {
+  const child = spawn(...diesWithThisProcess(process.execPath, [entry]), {
     cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  children.add(child);
+  killOnExit(child);
   const logs: LogLine[] = [];
   let raw = '';
   let partial = '';
@@ -177,7 +166,6 @@ async function startBridgeProcess(
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => {
       running = false;
-      children.delete(child);
       resolve({ code, signal });
     }),
   );
@@ -258,10 +246,8 @@ export async function startTcpService(): Promise<TcpService> {
     upstream.on('error', () => client.destroy());
     client.pipe(upstream).pipe(client);
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${await listenOnLoopback(server)}`,
     setTarget(port) {
       target = port;
     },
@@ -328,15 +314,10 @@ async function startBridgeService(backends: () => readonly BridgeProcess[]): Pro
     });
     upstream.end(body);
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${await listenOnLoopback(server)}`,
     callbacks,
-    async stop() {
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
-    },
+    stop: () => closeServer(server),
   };
 }
 
