@@ -6,11 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { freePort } from './ports.ts';
-import { killOnExit, stopChild } from './processes.ts';
-
-export const PROJECT_ROOT = resolve(import.meta.dirname, '..');
+import { killOnExit, REPO_ROOT, stopChild } from './processes.ts';
 
 export interface CloneFunction {
   readonly runtime: 'node' | 'worker';
@@ -103,7 +101,7 @@ export async function startNodeFunction(env: FunctionEnv): Promise<CloneFunction
   const port = await freePort();
   const full = withToken({ HOST: '127.0.0.1', ...env, PORT: String(port) });
   const child = spawn(process.execPath, ['functions/node.ts'], {
-    cwd: PROJECT_ROOT,
+    cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...full },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -128,9 +126,9 @@ export async function startWorkerFunction(env: FunctionEnv): Promise<CloneFuncti
   const inspectorPort = await freePort();
   const full = withToken(env);
   const dir = await mkdtemp(join(tmpdir(), 'clone-worker-'));
-  const config = (await readFile(join(PROJECT_ROOT, 'wrangler.toml'), 'utf8')).replace(
+  const config = (await readFile(join(REPO_ROOT, 'wrangler.toml'), 'utf8')).replace(
     /^main = .*$/m,
-    `main = ${JSON.stringify(join(PROJECT_ROOT, 'functions/worker.ts'))}`,
+    `main = ${JSON.stringify(join(REPO_ROOT, 'functions/worker.ts'))}`,
   );
   await writeFile(join(dir, 'wrangler.toml'), config);
   await writeFile(
@@ -140,7 +138,7 @@ export async function startWorkerFunction(env: FunctionEnv): Promise<CloneFuncti
       .join('\n'),
     { mode: 0o600 },
   );
-  const wrangler = join(PROJECT_ROOT, 'node_modules/wrangler/bin/wrangler.js');
+  const wrangler = join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js');
   const child = spawn(
     process.execPath,
     [

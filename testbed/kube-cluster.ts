@@ -19,9 +19,8 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { freePorts } from './ports.ts';
-import { diesWithThisProcess, killOnExit } from './processes.ts';
+import { diesWithThisProcess, killOnExit, REPO_ROOT } from './processes.ts';
 
 export interface KubeClusterOptions {
   /** Folder holding `kube-apiserver` and `etcd`. Default: $KUBE_BINARIES_DIR, else the output of
@@ -86,8 +85,6 @@ export interface KubeCluster {
   /** Kills both processes and removes the temp dir (unless keepDir). Idempotent. */
   stop(): Promise<void>;
 }
-
-const repoRoot = fileURLToPath(new URL('../', import.meta.url));
 
 export async function startKubeCluster(options: KubeClusterOptions = {}): Promise<KubeCluster> {
   const binDir = options.binDir ?? process.env.KUBE_BINARIES_DIR ?? (await buildOrFindBinaries());
@@ -250,9 +247,9 @@ export async function startKubeCluster(options: KubeClusterOptions = {}): Promis
 
 /** Runs scripts/kube-binaries (instant when cached) and returns the bin dir it prints last. */
 async function buildOrFindBinaries(): Promise<string> {
-  const script = join(repoRoot, 'scripts', 'kube-binaries');
+  const script = join(REPO_ROOT, 'scripts', 'kube-binaries');
   // The script's progress (stderr) goes straight to the test output: a cold build takes minutes.
-  const child = spawn('bash', [script], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn('bash', [script], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
   let stdout = '';
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
   const code = await new Promise<number | null>((resolve, reject) => {

@@ -1,5 +1,9 @@
 import { once } from 'node:events';
 import { spawnSync, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+/** The repository: where the testbed's processes run and its files are read from. */
+export const REPO_ROOT = fileURLToPath(new URL('../', import.meta.url));
 
 /** SIGTERM, then SIGKILL if the process has not exited after `graceMs`; resolves once it has. */
 export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {

@@ -22,7 +22,6 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http';
 import { createConnection, createServer as createTcpServer, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { backupLocation, backupReference, type BackupLocation } from '../functions/contract/index.ts';
 import { bundleBridge } from '../scripts/bundle-bridge.ts';
 import { formatReference, parseReference } from '../functions/contract/index.ts';
@@ -40,11 +39,10 @@ import {
 } from './images.ts';
 import { startKubeCluster, type KubeCluster } from './kube-cluster.ts';
 import { closeServer, freePort, listenOnLoopback } from './ports.ts';
-import { diesWithThisProcess, killOnExit } from './processes.ts';
+import { diesWithThisProcess, killOnExit, REPO_ROOT } from './processes.ts';
 import { startRegistry, type Registry } from './registry.ts';
 import { sleep, waitFor } from './wait.ts';
 
-export const REPO_ROOT = fileURLToPath(new URL('../', import.meta.url));
 /** The controller's namespace, ServiceAccount and config objects, as k8s/ names them. */
 export const CONTROLLER_NAMESPACE = 'image-clone-controller';
 export const SERVICE_ACCOUNT = 'image-cloner';
@@ -329,6 +327,37 @@ function pickHeaders(headers: IncomingHttpHeaders): Record<string, string> {
   return picked;
 }
 
+// --- workloads, as kubectl shows them -----------------------------------------------------------
+
+export interface Container {
+  readonly name: string;
+  readonly image: string;
+}
+
+/** A Deployment or DaemonSet as `kubectl get -o json` shows it: the fields the harness's users read. */
+export interface Workload {
+  readonly kind: string;
+  readonly metadata: {
+    readonly name: string;
+    readonly namespace: string;
+    readonly uid: string;
+    readonly resourceVersion: string;
+    readonly finalizers?: readonly string[];
+    readonly deletionTimestamp?: string;
+    readonly annotations?: Readonly<Record<string, string>>;
+  };
+  readonly spec: {
+    readonly template: {
+      readonly spec: { readonly containers: readonly Container[]; readonly initContainers?: readonly Container[] };
+    };
+  };
+}
+
+/** Every container of the pod template, init containers first (as a pod starts them). */
+export function containersOf(workload: Workload): Container[] {
+  return [...(workload.spec.template.spec.initContainers ?? []), ...workload.spec.template.spec.containers];
+}
+
 // --- the system ---------------------------------------------------------------------------------
 
 export interface SystemOptions {
@@ -375,6 +404,8 @@ export interface System {
   startBridge(name: string, options?: StartBridgeOptions): Promise<BridgeProcess>;
   /** kubectl as the cluster admin; throws with kubectl's message on failure. */
   kubectl(args: readonly string[], input?: string): Promise<string>;
+  /** `kubectl get` of one workload; undefined when there is none (any other failure throws). */
+  workload(kind: string, name: string, namespace: string): Promise<Workload | undefined>;
   /** The example workloads of k8s/setup with their images pointed at the source registry. */
   exampleWorkloads(): Promise<string>;
   /** Pushes an image to the source registry; returns its reference as workloads write it. */
@@ -577,6 +608,12 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
       stopFunction,
       startBridge,
       kubectl,
+      workload: async (kind, name, namespace) => {
+        const result = await cluster.kubectl(['get', kind.toLowerCase(), name, '-n', namespace, '-o', 'json']);
+        if (result.code === 0) return JSON.parse(result.stdout) as Workload;
+        if (result.stderr.includes('NotFound')) return undefined;
+        throw new Error(`kubectl get ${kind} ${namespace}/${name} failed: ${result.stderr.trim()}`);
+      },
       exampleWorkloads: async () => {
         const files = ['k8s/setup/app-deployment.yml', 'k8s/setup/app-daemonset.yml'];
         const texts = await Promise.all(files.map((file) => readFile(join(REPO_ROOT, file), 'utf8')));
