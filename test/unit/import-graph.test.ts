@@ -161,6 +161,22 @@ function findCycles(graph: ImportGraph): string[][] {
   return cycles.sort((a, b) => a[0]!.localeCompare(b[0]!));
 }
 
+/**
+ * The top-level folders the function and the bridge need at build time (those of every module
+ * they import, transitively) that the Dockerfile does not COPY: its build would not find them.
+ */
+function foldersMissingFromBuild(graph: ImportGraph, dockerfile: string): string[] {
+  const copied = new Set([...dockerfile.matchAll(/^COPY\s+(?!--)(\S+)/gm)].map((match) => match[1]!.split('/')[0]!));
+  const reached = new Set<string>();
+  const visit = (module: string): void => {
+    if (reached.has(module)) return;
+    reached.add(module);
+    for (const target of graph.get(module)?.modules ?? []) visit(target);
+  };
+  for (const module of graph.keys()) if (under('functions', 'bridge')(module)) visit(module);
+  return [...new Set([...reached].map((module) => module.split('/')[0]!))].filter((folder) => !copied.has(folder)).sort();
+}
+
 // --- the scan -------------------------------------------------------------------------------------
 
 function sourceFiles(folder: string): string[] {
@@ -244,6 +260,17 @@ describe('the import graph checker', () => {
     ]);
   });
 
+  it('names a folder the build needs and the Dockerfile does not copy', () => {
+    const graph = graphOf({
+      'functions/node.ts': ['functions/engine.ts'],
+      'functions/engine.ts': ['lib/semaphore.ts'],
+      'bridge/main.ts': ['functions/contract/index.ts'],
+      'testbed/system.ts': ['scripts/bundle-bridge.ts'],
+    });
+    expect(foldersMissingFromBuild(graph, 'COPY functions ./functions\nCOPY bridge ./bridge\n')).toEqual(['lib']);
+    expect(foldersMissingFromBuild(graph, 'COPY functions ./functions\nCOPY bridge ./bridge\nCOPY lib ./lib\n')).toEqual([]);
+  });
+
   it('finds nothing in a graph without faults', () => {
     const graph = graphOf({
       'functions/engine.ts': ['functions/copy/image.ts', 'functions/contract/index.ts', 'lib/semaphore.ts'],
@@ -271,5 +298,9 @@ describe('the project', () => {
 
   it('has no import cycle and no import across the layout', () => {
     expect(importGraphProblems(graph)).toEqual([]);
+  });
+
+  it('is whole in the container build: the Dockerfile copies every folder the function and the bridge import', () => {
+    expect(foldersMissingFromBuild(graph, readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8'))).toEqual([]);
   });
 });
