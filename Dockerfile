@@ -14,6 +14,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY scripts/bundle-bridge.ts ./scripts/
 COPY functions ./functions
 COPY bridge ./bridge
+COPY lib ./lib
 # The function compiled module by module; the bridge bundled into one file (scripts/bundle-bridge.ts).
 RUN npm run build
 

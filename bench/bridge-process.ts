@@ -5,11 +5,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { bundleBridge } from '../scripts/bundle-bridge.ts';
-import { stopChild } from '../test/support/processes.ts';
+import { killOnExit, REPO_ROOT, stopChild } from '../testbed/processes.ts';
 
-const repoRoot = fileURLToPath(new URL('../', import.meta.url));
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 
 export interface MemoryStatus {
@@ -75,7 +73,7 @@ export interface BridgeProcess {
  */
 /** The bridge as the container runs it: the bundle `npm run build` makes (scripts/bundle-bridge.ts). */
 export async function buildBridge(): Promise<string> {
-  const outDir = join(repoRoot, 'node_modules', '.cache', 'bridge-bench');
+  const outDir = join(REPO_ROOT, 'node_modules', '.cache', 'bridge-bench');
   rmSync(outDir, { recursive: true, force: true });
   return bundleBridge(join(outDir, 'main.mjs'));
 }
@@ -91,7 +89,7 @@ export function spawnBridge(
   let child: ChildProcess;
   try {
     child = spawn(process.execPath, [entry], {
-      cwd: repoRoot,
+      cwd: REPO_ROOT,
       // Only what the bridge is configured with, plus PATH: nothing of the benchmark's environment.
       env: { PATH: process.env.PATH ?? '', ...env },
       stdio: ['ignore', log, log],
@@ -109,7 +107,7 @@ export function spawnBridge(
   }, sampleMs);
   sampler.unref();
   void exited.then(() => clearInterval(sampler));
-  process.once('exit', () => child.kill('SIGKILL'));
+  killOnExit(child);
 
   return {
     pid,

@@ -26,20 +26,19 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { FINALIZER } from '../bridge/workload.ts';
 import { backupLocation } from '../functions/contract/index.ts';
 import { formatReference, parseReference } from '../functions/contract/index.ts';
-import { startKubeCluster, type KubeCluster } from '../test/support/kube-cluster.ts';
-import { freePort } from '../test/support/ports.ts';
+import { startKubeCluster, type KubeCluster } from '../testbed/kube-cluster.ts';
+import { freePort } from '../testbed/ports.ts';
+import { REPO_ROOT } from '../testbed/processes.ts';
 import { mapLimit } from '../lib/semaphore.ts';
 import { KubeApi } from './bridge-kube-api.ts';
 import { buildBridge, cpuSecondsOf, findProcesses, spawnBridge, type BridgeProcess } from './bridge-process.ts';
 import { backupOf, startStandIn, type StandIn } from './bridge-stand-in.ts';
 import { imagesOf, ReconcileTracker } from './bridge-tracker.ts';
 
-const repoRoot = fileURLToPath(new URL('../', import.meta.url));
 const MiB = 1024 * 1024;
 const CONTROLLER_NAMESPACE = 'image-clone-controller';
 const backup = backupLocation('registry.example.com', 'backup');
@@ -96,7 +95,7 @@ if (!Number.isInteger(MEMORY_LIMIT_MIB) || MEMORY_LIMIT_MIB < 0) throw new Error
  * read from the manifest so that the benchmark measures what is deployed.
  */
 function processTuningFromManifest(): Record<string, string> {
-  const manifest = readFileSync(join(repoRoot, 'k8s/setup/cloner-deployment.yml'), 'utf8');
+  const manifest = readFileSync(join(REPO_ROOT, 'k8s/setup/cloner-deployment.yml'), 'utf8');
   const bridge = manifest.slice(manifest.indexOf('- name: bridge'), manifest.indexOf('- name: function'));
   const value = /- name: MALLOC_ARENA_MAX\s+value: "(\d+)"/.exec(bridge)?.[1];
   return value === undefined ? {} : { MALLOC_ARENA_MAX: value };
@@ -374,7 +373,7 @@ async function main(): Promise<void> {
       if (result.code !== 0) throw new Error(`kubectl ${kubectlArgs.join(' ')}: ${result.stderr}`);
     };
     // The bridge's RBAC exactly as an operator applies it; the bridge runs with that token.
-    await kubectl(['apply', '-f', `${repoRoot}k8s/rbac`]);
+    await kubectl(['apply', '-f', `${REPO_ROOT}k8s/rbac`]);
     const serviceAccountKubeconfig = await cluster.serviceAccountKubeconfig(CONTROLLER_NAMESPACE, 'image-cloner');
     api = new KubeApi({ server: cluster.server, ca: await readFile(cluster.caFile), token: cluster.adminToken });
 

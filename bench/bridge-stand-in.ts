@@ -5,13 +5,12 @@
 // deliverCallback) or synchronous mode (200 {results}).
 
 import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { deliverCallback } from '../functions/jobs.ts';
 import { backupReference, type BackupLocation } from '../functions/contract/index.ts';
 import { formatReference, parseReference } from '../functions/contract/index.ts';
+import { closeServer, listenOnLoopback } from '../testbed/ports.ts';
 
 export interface StandInOptions {
   readonly authToken: string;
@@ -100,16 +99,13 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
     });
   });
   server.keepAliveTimeout = 60_000;
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${await listenOnLoopback(server)}`,
     firstAsked,
     stats,
     stop: async () => {
       await Promise.allSettled([...deliveries]);
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await closeServer(server);
     },
   };
 }

@@ -36,8 +36,8 @@ import {
   randomLayersImage,
   sha256Digest,
   type TestImage,
-} from '../test/support/images.ts';
-import { startRegistry, type Registry } from '../test/support/registry.ts';
+} from '../testbed/images.ts';
+import { startRegistry, type Registry } from '../testbed/registry.ts';
 import { startBenchFunction, startFlags, type CloneResult } from './function.ts';
 import { startLatencyProxy } from './latency-proxy.ts';
 import { installPeers, peerContext, runPeer, type PeerTool } from './peers.ts';

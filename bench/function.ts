@@ -1,5 +1,5 @@
 // The clone function under benchmark: `node functions/node.ts` as users run it (npm start), spawned
-// directly so its pid is known and its memory can be read from /proc. test/support's
+// directly so its pid is known and its memory can be read from /proc. testbed's
 // startNodeFunction hides the process and defaults to debug logging; a benchmark wants the
 // production default (info) and the process's VmHWM.
 
@@ -8,11 +8,9 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { CloneResult } from '../functions/contract/index.ts';
-import { freePort } from '../test/support/ports.ts';
-import { stopChild } from '../test/support/processes.ts';
+import { freePort } from '../testbed/ports.ts';
+import { REPO_ROOT, stopChild } from '../testbed/processes.ts';
 import { cpuMs, processMemory, type Memory } from './proc.ts';
-
-export const PROJECT_ROOT = resolve(import.meta.dirname, '..');
 
 /** Environment variables passed through from the bench's own environment (for experiments). */
 const TUNABLES = ['IMAGE_CONCURRENCY', 'BLOB_CONCURRENCY', 'TRANSFER_CONCURRENCY', 'SMALL_BLOBS_PER_SLOT', 'LOG_LEVEL'];
@@ -36,7 +34,7 @@ export interface BenchFunction {
  * which the Dockerfile sets too: the function is measured as it is run.
  */
 export function startFlags(): string[] {
-  const { scripts } = JSON.parse(readFileSync(resolve(PROJECT_ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
+  const { scripts } = JSON.parse(readFileSync(resolve(REPO_ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
   const words = scripts.start.split(/\s+/);
   if (words[0] !== 'node') throw new Error(`unexpected start script: ${scripts.start}`);
   return words.slice(1).filter((word) => word.startsWith('--'));
@@ -48,7 +46,7 @@ export async function startBenchFunction(env: Record<string, string>): Promise<B
   const passed = Object.fromEntries(TUNABLES.flatMap((name) => (process.env[name] ? [[name, process.env[name]!]] : [])));
   const nodeOptions = [...startFlags(), ...(process.env.BENCH_NODE_OPTIONS?.split(' ').filter(Boolean) ?? [])];
   const child = spawn(process.execPath, [...nodeOptions, process.env.BENCH_FUNCTION_ENTRY ?? 'functions/node.ts'], {
-    cwd: PROJECT_ROOT,
+    cwd: REPO_ROOT,
     env: {
       PATH: process.env.PATH ?? '',
       HOME: process.env.HOME ?? '',

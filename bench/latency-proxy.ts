@@ -5,6 +5,7 @@
 
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { listenOnLoopback } from '../testbed/ports.ts';
 
 export interface LatencyProxy {
   /** host:port to give the tools instead of the registry's. */
@@ -32,14 +33,8 @@ export async function startLatencyProxy(upstreamHost: string, delayMs: number): 
     relay(client, upstream, delayMs, handshakeDone);
     relay(upstream, client, delayMs, 0);
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('latency proxy: no TCP address');
   return {
-    host: `127.0.0.1:${address.port}`,
+    host: `127.0.0.1:${await listenOnLoopback(server)}`,
     async stop() {
       for (const socket of sockets) socket.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));

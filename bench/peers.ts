@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PROJECT_ROOT } from './function.ts';
+import { REPO_ROOT } from '../testbed/processes.ts';
 
 export interface PeerTool {
   readonly name: string;
@@ -62,8 +62,8 @@ const ARGS: Record<string, PeerTool['args']> = {
 
 /** Runs scripts/bench-tools (installs skopeo, builds crane and regctl once) and lists the tools. */
 export function installPeers(log: (line: string) => void): PeerTool[] {
-  const run = spawnSync(join(PROJECT_ROOT, 'scripts/bench-tools'), {
-    cwd: PROJECT_ROOT,
+  const run = spawnSync(join(REPO_ROOT, 'scripts/bench-tools'), {
+    cwd: REPO_ROOT,
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
   });

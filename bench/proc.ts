@@ -3,7 +3,7 @@
 
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { Registry } from '../test/support/registry.ts';
+import type { Registry } from '../testbed/registry.ts';
 
 export interface Memory {
   /** Resident set now (VmRSS), KiB. */
@@ -31,7 +31,7 @@ export function cpuMs(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
-/** The docker-registry process serving `registry` (test/support starts it with its config path). */
+/** The docker-registry process serving `registry` (testbed/registry.ts starts it with its config path). */
 export function registryPid(registry: Pick<Registry, 'storageDir'>): number {
   const config = join(dirname(registry.storageDir), 'config.yml');
   for (const entry of readdirSync('/proc')) {

@@ -2,7 +2,7 @@
 // "response completed" line per request with its method and the client's address, so the number
 // of requests per method and of distinct client ports (TCP connections) can be read back.
 
-import type { Registry } from '../test/support/registry.ts';
+import type { Registry } from '../testbed/registry.ts';
 
 export interface RequestCounts {
   requests: number;

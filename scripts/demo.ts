@@ -10,27 +10,18 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import {
+  containersOf,
   EXAMPLE_IMAGES,
-  REPO_ROOT,
   sleep,
   startSystem,
   waitFor,
   type BridgeProcess,
   type LogLine,
   type System,
-} from '../test/e2e/support.ts';
+  type Workload,
+} from '../testbed/system.ts';
 import { FINALIZER } from '../bridge/workload.ts';
-
-interface Container {
-  name: string;
-  image: string;
-}
-
-interface Workload {
-  kind: string;
-  metadata: { name: string; namespace: string; finalizers?: string[] };
-  spec: { template: { spec: { containers: Container[]; initContainers?: Container[] } } };
-}
+import { REPO_ROOT } from '../testbed/processes.ts';
 
 const EXAMPLES = [
   { kind: 'deployment', name: 'nginx' },
@@ -87,7 +78,9 @@ function runScript(name: string): Promise<string> {
 async function workloads(current: System): Promise<Workload[]> {
   const found: Workload[] = [];
   for (const { kind, name } of EXAMPLES) {
-    found.push(JSON.parse(await current.kubectl(['get', kind, name, '-n', 'default', '-o', 'json'])) as Workload);
+    const workload = await current.workload(kind, name, 'default');
+    if (workload === undefined) throw new Error(`${kind} default/${name} is gone`);
+    found.push(workload);
   }
   return found;
 }
@@ -110,11 +103,11 @@ function printWorkloads(list: readonly Workload[]): void {
 }
 
 const settled = (current: System, workload: Workload) => {
-  const containers = [...(workload.spec.template.spec.initContainers ?? []), ...workload.spec.template.spec.containers];
   const backupPrefix = `${current.backupLocation.registry}/${current.backupLocation.namespace}/`;
   return (
-    containers.every((container) => container.image.startsWith(backupPrefix) && container.image.includes('@sha256:')) &&
-    !(workload.metadata.finalizers ?? []).includes(FINALIZER)
+    containersOf(workload).every(
+      (container) => container.image.startsWith(backupPrefix) && container.image.includes('@sha256:'),
+    ) && !(workload.metadata.finalizers ?? []).includes(FINALIZER)
   );
 };
 
@@ -185,9 +178,7 @@ async function main(): Promise<void> {
     const copy = await current.verifyBackup(source, image);
     const root = JSON.parse(new TextDecoder().decode(image.manifests.at(-1)!.bytes)) as { manifests?: unknown[] };
     const pinned = after.some((workload) =>
-      [...(workload.spec.template.spec.initContainers ?? []), ...workload.spec.template.spec.containers].some(
-        (container) => container.image === current.backupOf(source, copy.digest),
-      ),
+      containersOf(workload).some((container) => container.image === current.backupOf(source, copy.digest)),
     );
     say(`  ${current.backupLocation.registry}/${copy.repository}`);
     say(`    tag     ${copy.tag}`);

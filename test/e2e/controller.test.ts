@@ -14,7 +14,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FINALIZER, OPT_OUT_ANNOTATION, type WorkloadKind } from '../../bridge/workload.ts';
 import { CALLBACK_HEADERS } from '../../functions/contract/index.ts';
 import { formatReference, parseReference } from '../../functions/contract/index.ts';
-import { dockerImage, ociImage, type TestImage } from '../support/images.ts';
+import { dockerImage, ociImage, type TestImage } from '../../testbed/images.ts';
 import {
   CONTROLLER_NAMESPACE,
   EXAMPLE_IMAGES,
@@ -24,7 +24,7 @@ import {
   type BridgeProcess,
   type LogLine,
   type System,
-} from './support.ts';
+} from '../../testbed/system.ts';
 
 interface Container {
   name: string;

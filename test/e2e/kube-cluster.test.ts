@@ -2,7 +2,7 @@
 // finalizers hold deletion, RBAC is enforced for ServiceAccount tokens, and data survives an
 // API server restart.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { startKubeCluster, type KubeCluster, type KubectlOptions } from '../support/kube-cluster.ts';
+import { startKubeCluster, type KubeCluster, type KubectlOptions } from '../../testbed/kube-cluster.ts';
 
 const finalizer = 'image-clone-controller.io/backup';
 const namespace = 'fixture-test';

@@ -19,9 +19,9 @@ import { FINALIZER, OPT_OUT_ANNOTATION, type WorkloadKind } from '../../bridge/w
 import { deliverCallback } from '../../functions/jobs.ts';
 import { backupLocation, backupReference } from '../../functions/contract/index.ts';
 import { formatReference, parseReference } from '../../functions/contract/index.ts';
-import { startKubeCluster, type KubeCluster } from '../support/kube-cluster.ts';
-import { freePort } from '../support/ports.ts';
-import { waitFor as poll } from '../support/wait.ts';
+import { startKubeCluster, type KubeCluster } from '../../testbed/kube-cluster.ts';
+import { freePort } from '../../testbed/ports.ts';
+import { waitFor as poll } from '../../testbed/wait.ts';
 
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 const AUTH_TOKEN = randomBytes(16).toString('hex');

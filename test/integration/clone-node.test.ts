@@ -1,4 +1,4 @@
-import { startNodeFunction } from '../support/clone-function.ts';
+import { startNodeFunction } from '../../testbed/clone-function.ts';
 import { describeCloneScenarios } from './clone-scenarios.ts';
 
 describeCloneScenarios('node', startNodeFunction);

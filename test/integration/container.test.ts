@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundleBridge } from '../../scripts/bundle-bridge.ts';
-import { PROJECT_ROOT } from '../support/clone-function.ts';
-import { dockerImage, pushImage } from '../support/images.ts';
-import { freePort } from '../support/ports.ts';
-import { startRegistry } from '../support/registry.ts';
+import { dockerImage, pushImage } from '../../testbed/images.ts';
+import { freePort } from '../../testbed/ports.ts';
+import { REPO_ROOT } from '../../testbed/processes.ts';
+import { startRegistry } from '../../testbed/registry.ts';
 
 const run = promisify(execFile);
 
@@ -22,20 +22,20 @@ describe('container image', () => {
   let dockerfile: string;
 
   beforeAll(async () => {
-    dockerfile = await readFile(join(PROJECT_ROOT, 'Dockerfile'), 'utf8');
+    dockerfile = await readFile(join(REPO_ROOT, 'Dockerfile'), 'utf8');
     dir = await mkdtemp(join(tmpdir(), 'image-build-'));
     // What the Dockerfile's build stage does (npm run build), into a scratch folder.
     await run(
       process.execPath,
-      [join(PROJECT_ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--outDir', join(dir, 'dist')],
+      [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--outDir', join(dir, 'dist')],
       {
-        cwd: PROJECT_ROOT,
+        cwd: REPO_ROOT,
       },
     );
     await bundleBridge(join(dir, 'dist/bridge/main.js'));
     // What its deps stage does: production dependencies only.
-    await cp(join(PROJECT_ROOT, 'package.json'), join(dir, 'package.json'));
-    await cp(join(PROJECT_ROOT, 'package-lock.json'), join(dir, 'package-lock.json'));
+    await cp(join(REPO_ROOT, 'package.json'), join(dir, 'package.json'));
+    await cp(join(REPO_ROOT, 'package-lock.json'), join(dir, 'package-lock.json'));
     await run('npm', ['ci', '--omit=dev', '--omit=optional', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline'], {
       cwd: dir,
       env: { ...process.env, npm_config_loglevel: 'error' },
@@ -57,10 +57,11 @@ describe('container image', () => {
   it('builds every entry point the image and the manifests name', async () => {
     const named = new Set<string>();
     for (const match of dockerfile.matchAll(/"(dist\/[^"]+\.js)"/g)) named.add(match[1]!);
-    const manifests = await readFile(join(PROJECT_ROOT, 'k8s/setup/cloner-deployment.yml'), 'utf8');
+    const manifests = await readFile(join(REPO_ROOT, 'k8s/setup/cloner-deployment.yml'), 'utf8');
     for (const match of manifests.matchAll(/(dist\/[\w/.-]+\.js)/g)) named.add(match[1]!);
     expect([...named].sort()).toEqual(['dist/bridge/main.js', 'dist/functions/node.js']);
     for (const entry of named) expect(existsSync(join(dir, entry)), entry).toBe(true);
+    expect(existsSync(join(dir, 'node_modules/hono')), 'the production dependencies').toBe(true);
     expect(existsSync(join(dir, 'node_modules/typescript')), 'no dev dependencies').toBe(false);
     expect(existsSync(join(dir, 'node_modules/vitest')), 'no dev dependencies').toBe(false);
   });

@@ -1,4 +1,4 @@
-// Proves the local ECR stand-in (test/support/ecr.ts) with the real AWS SDK v3 and with skopeo,
+// Proves the local ECR stand-in (testbed/ecr.ts) with the real AWS SDK v3 and with skopeo,
 // so that tests of the copy engine against it can trust it.
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -17,7 +17,7 @@ import {
   RepositoryNotFoundException,
 } from '@aws-sdk/client-ecr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startEcr, type Ecr } from '../support/ecr.ts';
+import { startEcr, type Ecr } from '../../testbed/ecr.ts';
 import {
   fetchManifest,
   ociImage,
@@ -26,8 +26,8 @@ import {
   registrySession,
   sha256Digest,
   type TestImage,
-} from '../support/images.ts';
-import { startRegistry, type Registry } from '../support/registry.ts';
+} from '../../testbed/images.ts';
+import { startRegistry, type Registry } from '../../testbed/registry.ts';
 
 const execFileAsync = promisify(execFile);
 

@@ -1,4 +1,4 @@
-import { startNodeFunction } from '../support/clone-function.ts';
+import { startNodeFunction } from '../../testbed/clone-function.ts';
 import { describeHostileRegistries } from './hostile-scenarios.ts';
 
 describeHostileRegistries('node', startNodeFunction);

@@ -1,4 +1,4 @@
-import { startWorkerFunction } from '../support/clone-function.ts';
+import { startWorkerFunction } from '../../testbed/clone-function.ts';
 import { describeHostileRegistries } from './hostile-scenarios.ts';
 
 describeHostileRegistries('worker', startWorkerFunction);

@@ -19,8 +19,8 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { freePorts } from './ports.ts';
+import { diesWithThisProcess, killOnExit, REPO_ROOT } from './processes.ts';
 
 export interface KubeClusterOptions {
   /** Folder holding `kube-apiserver` and `etcd`. Default: $KUBE_BINARIES_DIR, else the output of
@@ -85,8 +85,6 @@ export interface KubeCluster {
   /** Kills both processes and removes the temp dir (unless keepDir). Idempotent. */
   stop(): Promise<void>;
 }
-
-const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 
 export async function startKubeCluster(options: KubeClusterOptions = {}): Promise<KubeCluster> {
   const binDir = options.binDir ?? process.env.KUBE_BINARIES_DIR ?? (await buildOrFindBinaries());
@@ -249,9 +247,9 @@ export async function startKubeCluster(options: KubeClusterOptions = {}): Promis
 
 /** Runs scripts/kube-binaries (instant when cached) and returns the bin dir it prints last. */
 async function buildOrFindBinaries(): Promise<string> {
-  const script = join(repoRoot, 'scripts', 'kube-binaries');
+  const script = join(REPO_ROOT, 'scripts', 'kube-binaries');
   // The script's progress (stderr) goes straight to the test output: a cold build takes minutes.
-  const child = spawn('bash', [script], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn('bash', [script], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
   let stdout = '';
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
   const code = await new Promise<number | null>((resolve, reject) => {
@@ -288,15 +286,17 @@ interface Running {
   exitedWith: string | undefined;
 }
 
-/** Everything to undo if the test process exits without calling stop() (a crash, a timeout). */
-const cleanupOnExit = { children: new Set<ChildProcess>(), dirs: new Set<string>(), installed: false };
+/**
+ * The temp dirs to remove if the test process exits without calling stop() (a crash, a timeout);
+ * its processes are killOnExit's.
+ */
+const cleanupOnExit = { dirs: new Set<string>(), installed: false };
 
 function installExitCleanup(): void {
   if (cleanupOnExit.installed) return;
   cleanupOnExit.installed = true;
-  // 'exit' handlers must be synchronous: SIGKILL and rmSync are.
+  // 'exit' handlers must be synchronous: rmSync is.
   process.on('exit', () => {
-    for (const child of cleanupOnExit.children) child.kill('SIGKILL');
     for (const dir of cleanupOnExit.dirs) rmSync(dir, { recursive: true, force: true });
   });
 }
@@ -306,7 +306,7 @@ const ownerFile = 'owner.pid';
 
 /**
  * A test process killed by a signal runs no 'exit' handler, so its temp dir (over 100 MB, mostly
- * etcd's preallocated WAL) stays behind; its processes die with it (see pdeathsig below). Each
+ * etcd's preallocated WAL) stays behind; its processes die with it (diesWithThisProcess). Each
  * dir names its owner; dirs whose owner is gone are removed by the next cluster's start.
  */
 async function removeAbandonedDirs(): Promise<void> {
@@ -329,24 +329,16 @@ function processAlive(pid: number): boolean {
   }
 }
 
-/** setpriv --pdeathsig makes the kernel kill a child when its parent dies, even by SIGKILL. */
-const pdeathsigPrefix: readonly string[] = (() => {
-  const probe = spawnSync('setpriv', ['--help'], { encoding: 'utf8' });
-  return probe.status === 0 && probe.stdout.includes('--pdeathsig') ? ['--pdeathsig', 'KILL', '--'] : [];
-})();
-
 function launch(name: string, binary: string, args: readonly string[], logPath: string): Running {
   installExitCleanup();
   const log = openSync(logPath, 'a');
-  const [command, commandArgs] =
-    pdeathsigPrefix.length > 0 ? ['setpriv', [...pdeathsigPrefix, binary, ...args]] : [binary, [...args]];
   let child: ChildProcess;
   try {
-    child = spawn(command, commandArgs, { stdio: ['ignore', log, log] });
+    child = spawn(...diesWithThisProcess(binary, args), { stdio: ['ignore', log, log] });
   } finally {
     closeSync(log); // the child holds its own copy
   }
-  cleanupOnExit.children.add(child);
+  killOnExit(child);
   const running: Running = {
     name,
     child,
@@ -354,7 +346,6 @@ function launch(name: string, binary: string, args: readonly string[], logPath: 
     exitedWith: undefined,
     exited: new Promise<string>((resolve) => {
       const done = (how: string): void => {
-        cleanupOnExit.children.delete(child);
         running.exitedWith ??= how;
         resolve(running.exitedWith);
       };

@@ -1,4 +1,4 @@
-// Polling helpers shared by the tests, the end-to-end support and the demo.
+// Polling helpers shared by the tests, the system harness (system.ts) and the demo.
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,7 +1,7 @@
 // The whole system on loopback, started the way an operator runs it, for the end-to-end tests and
 // for `npm run demo`:
 //
-// - a real kube-apiserver (test/support/kube-cluster.ts) with k8s/rbac, k8s/secrets and
+// - a real kube-apiserver (testbed/kube-cluster.ts) with k8s/rbac, k8s/secrets and
 //   k8s/setup/cloner-deployment.yml applied by kubectl, only endpoints and generated secrets
 //   substituted in the text;
 // - a source registry holding the example images (built by code, named like the real ones),
@@ -14,21 +14,19 @@
 //   exercised, and a stand-in for the bridge's Service that sends callbacks to the ready replica
 //   (the lease holder), as the Service in cloner-deployment.yml does.
 //
-// No vitest here: scripts/demo.ts imports it too.
+// No vitest here (nor anywhere in testbed/): scripts/demo.ts and bench/ import it too.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http';
-import { createConnection, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
+import { createConnection, createServer as createTcpServer, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { backupLocation, backupReference, type BackupLocation } from '../../functions/contract/index.ts';
-import { bundleBridge } from '../../scripts/bundle-bridge.ts';
-import { formatReference, parseReference } from '../../functions/contract/index.ts';
-import { startNodeFunction, type CloneFunction } from '../support/clone-function.ts';
-import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.ts';
+import { backupLocation, backupReference, type BackupLocation } from '../functions/contract/index.ts';
+import { bundleBridge } from '../scripts/bundle-bridge.ts';
+import { formatReference, parseReference } from '../functions/contract/index.ts';
+import { startNodeFunction, type CloneFunction } from './clone-function.ts';
+import { startFaultProxy, type FaultProxy } from './fault-proxy.ts';
 import {
   dockerManifestList,
   fetchManifest,
@@ -38,13 +36,13 @@ import {
   sha256Digest,
   type RegistrySession,
   type TestImage,
-} from '../support/images.ts';
-import { startKubeCluster, type KubeCluster } from '../support/kube-cluster.ts';
-import { freePort } from '../support/ports.ts';
-import { startRegistry, type Registry } from '../support/registry.ts';
-import { sleep, waitFor } from '../support/wait.ts';
+} from './images.ts';
+import { startKubeCluster, type KubeCluster } from './kube-cluster.ts';
+import { closeServer, freePort, listenOnLoopback } from './ports.ts';
+import { diesWithThisProcess, killOnExit, REPO_ROOT } from './processes.ts';
+import { startRegistry, type Registry } from './registry.ts';
+import { sleep, waitFor } from './wait.ts';
 
-export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** The controller's namespace, ServiceAccount and config objects, as k8s/ names them. */
 export const CONTROLLER_NAMESPACE = 'image-clone-controller';
 export const SERVICE_ACCOUNT = 'image-cloner';
@@ -95,15 +93,6 @@ export function rewriteImageHosts(manifest: string, host: string): string {
 
 // --- processes ----------------------------------------------------------------------------------
 
-/** setpriv --pdeathsig: the kernel ends a child when this process dies, however it dies. */
-const PDEATHSIG: readonly string[] = (() => {
-  const probe = spawnSync('setpriv', ['--help'], { encoding: 'utf8' });
-  return probe.status === 0 && probe.stdout.includes('--pdeathsig') ? ['--pdeathsig', 'KILL', '--'] : [];
-})();
-
-const children = new Set<ChildProcess>();
-process.once('exit', () => children.forEach((child) => child.kill('SIGKILL')));
-
 /** One pino line of a bridge, with the name of the bridge process that wrote it. */
 export interface LogLine {
   readonly bridge: string;
@@ -144,14 +133,12 @@ async function startBridgeProcess(
   onLine: (line: LogLine) => void,
 ): Promise<BridgeProcess> {
   const port = Number(env.PORT);
-  const command = PDEATHSIG.length > 0 ? 'setpriv' : process.execPath;
-  const args = [...(PDEATHSIG.length > 0 ? [...PDEATHSIG, process.execPath] : []), entry];
-  const child = spawn(command, args, {
+  const child = spawn(...diesWithThisProcess(process.execPath, [entry]), {
     cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  children.add(child);
+  killOnExit(child);
   const logs: LogLine[] = [];
   let raw = '';
   let partial = '';
@@ -177,7 +164,6 @@ async function startBridgeProcess(
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => {
       running = false;
-      children.delete(child);
       resolve({ code, signal });
     }),
   );
@@ -258,10 +244,8 @@ export async function startTcpService(): Promise<TcpService> {
     upstream.on('error', () => client.destroy());
     client.pipe(upstream).pipe(client);
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${await listenOnLoopback(server)}`,
     setTarget(port) {
       target = port;
     },
@@ -328,15 +312,10 @@ async function startBridgeService(backends: () => readonly BridgeProcess[]): Pro
     });
     upstream.end(body);
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${await listenOnLoopback(server)}`,
     callbacks,
-    async stop() {
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
-    },
+    stop: () => closeServer(server),
   };
 }
 
@@ -346,6 +325,37 @@ function pickHeaders(headers: IncomingHttpHeaders): Record<string, string> {
     if (typeof value === 'string' && (name.startsWith('x-clone-') || name === 'content-type')) picked[name] = value;
   }
   return picked;
+}
+
+// --- workloads, as kubectl shows them -----------------------------------------------------------
+
+export interface Container {
+  readonly name: string;
+  readonly image: string;
+}
+
+/** A Deployment or DaemonSet as `kubectl get -o json` shows it: the fields the harness's users read. */
+export interface Workload {
+  readonly kind: string;
+  readonly metadata: {
+    readonly name: string;
+    readonly namespace: string;
+    readonly uid: string;
+    readonly resourceVersion: string;
+    readonly finalizers?: readonly string[];
+    readonly deletionTimestamp?: string;
+    readonly annotations?: Readonly<Record<string, string>>;
+  };
+  readonly spec: {
+    readonly template: {
+      readonly spec: { readonly containers: readonly Container[]; readonly initContainers?: readonly Container[] };
+    };
+  };
+}
+
+/** Every container of the pod template, init containers first (as a pod starts them). */
+export function containersOf(workload: Workload): Container[] {
+  return [...(workload.spec.template.spec.initContainers ?? []), ...workload.spec.template.spec.containers];
 }
 
 // --- the system ---------------------------------------------------------------------------------
@@ -394,6 +404,8 @@ export interface System {
   startBridge(name: string, options?: StartBridgeOptions): Promise<BridgeProcess>;
   /** kubectl as the cluster admin; throws with kubectl's message on failure. */
   kubectl(args: readonly string[], input?: string): Promise<string>;
+  /** `kubectl get` of one workload; undefined when there is none (any other failure throws). */
+  workload(kind: string, name: string, namespace: string): Promise<Workload | undefined>;
   /** The example workloads of k8s/setup with their images pointed at the source registry. */
   exampleWorkloads(): Promise<string>;
   /** Pushes an image to the source registry; returns its reference as workloads write it. */
@@ -596,6 +608,12 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
       stopFunction,
       startBridge,
       kubectl,
+      workload: async (kind, name, namespace) => {
+        const result = await cluster.kubectl(['get', kind.toLowerCase(), name, '-n', namespace, '-o', 'json']);
+        if (result.code === 0) return JSON.parse(result.stdout) as Workload;
+        if (result.stderr.includes('NotFound')) return undefined;
+        throw new Error(`kubectl get ${kind} ${namespace}/${name} failed: ${result.stderr.trim()}`);
+      },
       exampleWorkloads: async () => {
         const files = ['k8s/setup/app-deployment.yml', 'k8s/setup/app-daemonset.yml'];
         const texts = await Promise.all(files.map((file) => readFile(join(REPO_ROOT, file), 'utf8')));
@@ -650,7 +668,7 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
 export async function substitute(file: string, replacements: readonly (readonly [RegExp, string])[]): Promise<string> {
   let text = await readFile(join(REPO_ROOT, file), 'utf8');
   for (const [pattern, value] of replacements) {
-    if (!pattern.test(text)) throw new Error(`${file} no longer matches ${pattern}: update test/e2e/support.ts`);
+    if (!pattern.test(text)) throw new Error(`${file} no longer matches ${pattern}: update testbed/system.ts`);
     text = text.replace(pattern, (...match: unknown[]) => `${typeof match[1] === 'string' ? match[1] : ''}${value}`);
   }
   return text;

@@ -7,7 +7,7 @@
 
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { closeServer, listenOnLoopback } from './ports.ts';
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
@@ -162,11 +162,7 @@ export async function startHostileRegistry(): Promise<HostileRegistry> {
   const listen = async (host: string, onRequest: (request: IncomingMessage, response: ServerResponse) => void) => {
     const server = createServer(onRequest);
     servers.push(server);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, host, resolve);
-    });
-    return `${host}:${(server.address() as AddressInfo).port}`;
+    return `${host}:${await listenOnLoopback(server, host)}`;
   };
   const serve = (request: IncomingMessage, response: ServerResponse) =>
     void handle(request, response).catch((error: unknown) => {
@@ -189,8 +185,7 @@ export async function startHostileRegistry(): Promise<HostileRegistry> {
     closedDownloads,
     add: (name, repository) => void repositories.set(name, repository),
     stop: async () => {
-      for (const server of servers) server.closeAllConnections();
-      await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+      await Promise.all(servers.map(closeServer));
     },
   };
 }

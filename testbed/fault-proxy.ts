@@ -1,7 +1,6 @@
 // An HTTP proxy put in front of a registry to inject faults. It forwards the client's Host header
 // unchanged: registries build upload Location URLs from Host, so the client keeps talking to the
 // proxy for the whole upload. Bodies stream both ways; nothing is buffered.
-import { once } from 'node:events';
 import {
   Agent,
   createServer,
@@ -10,7 +9,7 @@ import {
   type IncomingMessage,
   type ServerResponse,
 } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { closeServer, listenOnLoopback } from './ports.ts';
 
 export type Fault =
   /** Answer with this status instead of forwarding (e.g. 429 with Retry-After, 503). */
@@ -109,8 +108,7 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
       rules.length = 0;
     },
     async stop() {
-      server.closeAllConnections();
-      server.close();
+      await closeServer(server);
       agent.destroy();
     },
   };
@@ -190,10 +188,7 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
     });
   }
 
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  proxy.host = `127.0.0.1:${port}`;
+  proxy.host = `127.0.0.1:${await listenOnLoopback(server)}`;
   proxy.url = `http://${proxy.host}`;
   return proxy;
 }

@@ -1,3 +1,5 @@
+import { once } from 'node:events';
+import type { Server as HttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 
 /**
@@ -24,4 +26,19 @@ export async function freePorts(count: number): Promise<number[]> {
 
 export async function freePort(): Promise<number> {
   return (await freePorts(1))[0]!;
+}
+
+/** Starts `server` on a port the kernel picks, on `host` (loopback by default); resolves with the port. */
+export async function listenOnLoopback(server: Server, host = '127.0.0.1'): Promise<number> {
+  server.listen(0, host);
+  await once(server, 'listening');
+  return (server.address() as AddressInfo).port;
+}
+
+/** Stops an HTTP server, its keep-alive connections included (they would hold close() open). */
+export async function closeServer(server: HttpServer): Promise<void> {
+  if (!server.listening) return;
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  server.closeAllConnections();
+  await closed;
 }

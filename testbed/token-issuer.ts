@@ -7,13 +7,12 @@
 // Answer: {token, access_token, expires_in, issued_at} (+ refresh_token for offline POSTs).
 import { execFile } from 'node:child_process';
 import { createPrivateKey, randomBytes, randomUUID, sign, X509Certificate, type KeyObject } from 'node:crypto';
-import { once } from 'node:events';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { closeServer, listenOnLoopback } from './ports.ts';
 
 export interface Credentials {
   username: string;
@@ -156,8 +155,7 @@ export async function startTokenIssuer(options: TokenIssuerOptions = {}): Promis
       });
     },
     async stop() {
-      server.closeAllConnections();
-      server.close();
+      await closeServer(server);
       await rm(dir, { recursive: true, force: true });
     },
   };
@@ -234,9 +232,7 @@ export async function startTokenIssuer(options: TokenIssuerOptions = {}): Promis
     finish(200, body);
   }
 
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  issuer.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  issuer.url = `http://127.0.0.1:${await listenOnLoopback(server)}`;
   issuer.realm = `${issuer.url}/token`;
   return issuer;
 }

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTokenIssuer, type Credentials, type TokenIssuer, type TokenIssuerOptions } from './token-issuer.ts';
 import { freePort } from './ports.ts';
-import { stopChild } from './processes.ts';
+import { diesWithThisProcess, stopChild } from './processes.ts';
 
 export type { Credentials } from './token-issuer.ts';
 
@@ -90,9 +90,7 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
 
     const log: string[] = [];
     let logChars = 0;
-    // setpriv --pdeathsig: the kernel kills the registry when this process dies, however it dies
-    // (vitest ends its workers with signals, which skip 'exit' handlers).
-    const child = spawn('setpriv', ['--pdeathsig', 'KILL', 'docker-registry', 'serve', configPath], {
+    const child = spawn(...diesWithThisProcess('docker-registry', ['serve', configPath]), {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const collect = (chunk: Buffer): void => {

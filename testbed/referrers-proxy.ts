@@ -11,9 +11,8 @@
 //   index referrers do, so a client knows not to maintain the tag-scheme index.
 // - Everything else passes through unchanged.
 
-import { once } from 'node:events';
 import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { closeServer, listenOnLoopback } from './ports.ts';
 
 const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 
@@ -164,16 +163,13 @@ export async function startReferrersProxy(upstream: string): Promise<ReferrersPr
     });
   });
 
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const host = `127.0.0.1:${await listenOnLoopback(server)}`;
   return {
     host,
     url: `http://${host}`,
     referrers,
     async stop() {
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await closeServer(server);
       agent.destroy();
     },
   };

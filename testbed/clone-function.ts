@@ -6,11 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { freePort } from './ports.ts';
-import { stopChild } from './processes.ts';
-
-export const PROJECT_ROOT = resolve(import.meta.dirname, '../..');
+import { killOnExit, REPO_ROOT, stopChild } from './processes.ts';
 
 export interface CloneFunction {
   readonly runtime: 'node' | 'worker';
@@ -18,30 +16,38 @@ export interface CloneFunction {
   readonly authToken: string;
   /** POST /clone with the token; the parsed JSON and status. */
   clone(body: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any }>;
+  /** stdout and stderr, the last MAX_LOG_CHARS of them. */
   logs(): string;
+  /** Whether logs() lost its beginning to MAX_LOG_CHARS. */
+  logsCut(): boolean;
   stop(): Promise<void>;
 }
 
 export type FunctionEnv = Record<string, string>;
 
-const children = new Set<ChildProcess>();
-process.once('exit', () => children.forEach((child) => child.kill('SIGKILL')));
+const MAX_LOG_CHARS = 2_000_000;
 
 function withToken(env: FunctionEnv): FunctionEnv & { AUTH_TOKEN: string } {
   return { AUTH_TOKEN: randomBytes(16).toString('hex'), LOG_LEVEL: 'debug', ...env };
 }
 
-function track(child: ChildProcess) {
+function track(child: ChildProcess): Output {
   let output = '';
+  let cut = false;
   const append = (chunk: Buffer) => {
-    output = (output + chunk.toString()).slice(-2_000_000);
+    output += chunk.toString();
+    if (output.length > MAX_LOG_CHARS) {
+      output = output.slice(-MAX_LOG_CHARS);
+      cut = true;
+    }
   };
   child.stdout?.on('data', append);
   child.stderr?.on('data', append);
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return () => output;
+  killOnExit(child);
+  return { logs: () => output, logsCut: () => cut };
 }
+
+type Output = Pick<CloneFunction, 'logs' | 'logsCut'>;
 
 async function waitHealthy(url: string, child: ChildProcess, logs: () => string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -62,14 +68,15 @@ function client(
   runtime: CloneFunction['runtime'],
   url: string,
   authToken: string,
-  logs: () => string,
+  output: Output,
   stop: () => Promise<void>,
 ): CloneFunction {
   return {
     runtime,
     url,
     authToken,
-    logs,
+    logs: output.logs,
+    logsCut: output.logsCut,
     stop,
     async clone(body, headers = {}) {
       const response = await fetch(`${url}/clone`, {
@@ -94,14 +101,14 @@ export async function startNodeFunction(env: FunctionEnv): Promise<CloneFunction
   const port = await freePort();
   const full = withToken({ HOST: '127.0.0.1', ...env, PORT: String(port) });
   const child = spawn(process.execPath, ['functions/node.ts'], {
-    cwd: PROJECT_ROOT,
+    cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...full },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const logs = track(child);
+  const output = track(child);
   const url = `http://127.0.0.1:${port}`;
-  await waitHealthy(url, child, logs, 20_000);
-  return client('node', url, full.AUTH_TOKEN, logs, () => stopChild(child));
+  await waitHealthy(url, child, output.logs, 20_000);
+  return client('node', url, full.AUTH_TOKEN, output, () => stopChild(child));
 }
 
 /** dotenv keeps single-quoted values literally (JSON's double quotes included). */
@@ -119,9 +126,9 @@ export async function startWorkerFunction(env: FunctionEnv): Promise<CloneFuncti
   const inspectorPort = await freePort();
   const full = withToken(env);
   const dir = await mkdtemp(join(tmpdir(), 'clone-worker-'));
-  const config = (await readFile(join(PROJECT_ROOT, 'wrangler.toml'), 'utf8')).replace(
+  const config = (await readFile(join(REPO_ROOT, 'wrangler.toml'), 'utf8')).replace(
     /^main = .*$/m,
-    `main = ${JSON.stringify(join(PROJECT_ROOT, 'functions/worker.ts'))}`,
+    `main = ${JSON.stringify(join(REPO_ROOT, 'functions/worker.ts'))}`,
   );
   await writeFile(join(dir, 'wrangler.toml'), config);
   await writeFile(
@@ -131,7 +138,7 @@ export async function startWorkerFunction(env: FunctionEnv): Promise<CloneFuncti
       .join('\n'),
     { mode: 0o600 },
   );
-  const wrangler = join(PROJECT_ROOT, 'node_modules/wrangler/bin/wrangler.js');
+  const wrangler = join(REPO_ROOT, 'node_modules/wrangler/bin/wrangler.js');
   const child = spawn(
     process.execPath,
     [
@@ -158,10 +165,10 @@ export async function startWorkerFunction(env: FunctionEnv): Promise<CloneFuncti
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   );
-  const logs = track(child);
+  const output = track(child);
   const url = `http://127.0.0.1:${port}`;
-  await waitHealthy(url, child, logs, 90_000);
-  return client('worker', url, full.AUTH_TOKEN, logs, async () => {
+  await waitHealthy(url, child, output.logs, 90_000);
+  return client('worker', url, full.AUTH_TOKEN, output, async () => {
     await stopChild(child);
     await rm(dir, { recursive: true, force: true });
   });

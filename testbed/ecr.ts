@@ -28,8 +28,8 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { pipeline } from 'node:stream/promises';
+import { closeServer, listenOnLoopback } from './ports.ts';
 import { startRegistry, type Registry } from './registry.ts';
 
 export type TagMutability = 'MUTABLE' | 'IMMUTABLE' | 'MUTABLE_WITH_EXCLUSION' | 'IMMUTABLE_WITH_EXCLUSION';
@@ -1252,21 +1252,9 @@ function randomBase32(length: number): string {
   return [...randomBytes(length)].map((b) => alphabet[b % 32]).join('');
 }
 
+/** Listens, and hands the server to `servers` (what stop() closes) once it does. */
 async function listen(server: Server, host: string, servers: Server[]): Promise<{ server: Server; port: number }> {
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  const port = await listenOnLoopback(server, host);
   servers.push(server);
-  return { server, port: (server.address() as AddressInfo).port };
-}
-
-async function closeServer(server: Server): Promise<void> {
-  if (!server.listening) return;
-  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-  server.closeAllConnections();
-  await closed;
+  return { server, port };
 }
