@@ -6,17 +6,17 @@ import { serve } from '@hono/node-server';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
-import { CloneClient } from './clone-client.ts';
 import type { BridgeConfig } from './config.ts';
-import { Controller, type ControllerOptions } from './controller.ts';
-import { EventRecorder } from './events.ts';
+import { CloneClient } from './function/clone-client.ts';
+import { ImageLedger, type ImageLedgerOptions } from './function/image-ledger.ts';
+import { ResultIntake } from './function/intake.ts';
 import { createHttpApp } from './http.ts';
-import { ImageLedger, type ImageLedgerOptions } from './image-ledger.ts';
-import { ResultIntake } from './intake.ts';
-import { reuseConnections } from './kube-connections.ts';
-import { loadKubeConfig, workloadApis, type WorkloadApi } from './kube.ts';
-import { LeaderElector, type LeaderElectionOptions } from './leader-election.ts';
+import { loadKubeConfig, workloadApis, type WorkloadApi } from './kube/api.ts';
+import { reuseConnections } from './kube/connections.ts';
+import { EventRecorder } from './kube/events.ts';
+import { LeaderElector, type LeaderElectionOptions } from './kube/leader-election.ts';
 import { bridgeMetrics, type BridgeMetrics } from './metrics.ts';
+import { Controller, type ControllerOptions } from './reconcile/controller.ts';
 import { parseWorkloadKey, type WorkloadKind } from './workload.ts';
 
 export interface BridgeOptions {

@@ -8,10 +8,10 @@ import { bodyLimit } from 'hono/body-limit';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { CALLBACK_HEADERS, CALLBACK_TOLERANCE_SECONDS, verifyCallback } from '../functions/contract/index.ts';
-import type { ResultIntake } from './intake.ts';
+import type { ResultIntake } from './function/intake.ts';
+import { ReplayCache } from './function/replay-cache.ts';
+import { cloneResultSchema } from './function/results.ts';
 import type { BridgeMetrics } from './metrics.ts';
-import { ReplayCache } from './replay-cache.ts';
-import { cloneResultSchema } from './results.ts';
 
 export const MAX_CALLBACK_BYTES = 1024 * 1024;
 

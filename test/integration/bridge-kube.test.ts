@@ -14,7 +14,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startBridge, type Bridge } from '../../bridge/app.ts';
 import { loadConfig } from '../../bridge/config.ts';
-import type { WorkloadApi } from '../../bridge/kube.ts';
+import type { WorkloadApi } from '../../bridge/kube/api.ts';
 import { FINALIZER, OPT_OUT_ANNOTATION, type WorkloadKind } from '../../bridge/workload.ts';
 import { deliverCallback } from '../../functions/jobs.ts';
 import { backupLocation, backupReference } from '../../functions/contract/index.ts';

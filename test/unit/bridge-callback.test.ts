@@ -1,10 +1,10 @@
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
+import { ImageLedger } from '../../bridge/function/image-ledger.ts';
+import { ResultIntake } from '../../bridge/function/intake.ts';
+import { ReplayCache } from '../../bridge/function/replay-cache.ts';
 import { createHttpApp, MAX_CALLBACK_BYTES, type Readiness } from '../../bridge/http.ts';
-import { ImageLedger } from '../../bridge/image-ledger.ts';
-import { ResultIntake } from '../../bridge/intake.ts';
 import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
-import { ReplayCache } from '../../bridge/replay-cache.ts';
 import { signCallback } from '../../functions/contract/index.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 

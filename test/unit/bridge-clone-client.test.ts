@@ -1,11 +1,11 @@
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { CloneClient } from '../../bridge/clone-client.ts';
-import { ImageLedger } from '../../bridge/image-ledger.ts';
-import { ResultIntake } from '../../bridge/intake.ts';
+import { CloneClient } from '../../bridge/function/clone-client.ts';
+import { ImageLedger } from '../../bridge/function/image-ledger.ts';
+import { ResultIntake } from '../../bridge/function/intake.ts';
+import { expectedTarget } from '../../bridge/function/results.ts';
 import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
-import { expectedTarget } from '../../bridge/results.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 import { parseReference } from '../../functions/contract/index.ts';
 

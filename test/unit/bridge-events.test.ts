@@ -4,7 +4,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EventRecorder, type EventRecorderOptions } from '../../bridge/events.ts';
+import { EventRecorder, type EventRecorderOptions } from '../../bridge/kube/events.ts';
 
 /** A stand-in API server for events that answers only when told to, so writes can be held open. */
 async function eventsServer() {

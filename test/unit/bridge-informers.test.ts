@@ -1,8 +1,8 @@
 import { KubeConfig, type KubernetesObject, type makeInformer } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { WorkloadInformer } from '../../bridge/informers.ts';
-import type { WorkloadApi } from '../../bridge/kube.ts';
+import type { WorkloadApi } from '../../bridge/kube/api.ts';
+import { WorkloadInformer } from '../../bridge/kube/informers.ts';
 import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
 import type { Workload } from '../../bridge/workload.ts';
 

@@ -2,12 +2,12 @@ import { ApiException } from '@kubernetes/client-node';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
-import type { EventSink, EventType, InvolvedObject } from '../../bridge/events.ts';
-import { ImageLedger } from '../../bridge/image-ledger.ts';
-import type { WorkloadApi } from '../../bridge/kube.ts';
+import { ImageLedger } from '../../bridge/function/image-ledger.ts';
+import type { WorkloadApi } from '../../bridge/kube/api.ts';
+import type { EventSink, EventType, InvolvedObject } from '../../bridge/kube/events.ts';
 import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
-import type { JsonPatchOperation } from '../../bridge/patch.ts';
-import { Reconciler, StaleWorkloadError } from '../../bridge/reconciler.ts';
+import type { JsonPatchOperation } from '../../bridge/reconcile/patch.ts';
+import { Reconciler, StaleWorkloadError } from '../../bridge/reconcile/reconciler.ts';
 import { FINALIZER, type Workload, type WorkloadKind } from '../../bridge/workload.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 

@@ -2,8 +2,8 @@
 // the function is trusted to copy, never to say where a workload should point. Pure.
 
 import { z } from 'zod';
-import { backupReference, type BackupLocation } from '../functions/contract/index.ts';
-import { formatReference, parseReference, type ImageReference } from '../functions/contract/index.ts';
+import { backupReference, type BackupLocation } from '../../functions/contract/index.ts';
+import { formatReference, parseReference, type ImageReference } from '../../functions/contract/index.ts';
 
 export const cloneResultSchema = z.looseObject({
   source: z.string().max(1024),

@@ -6,10 +6,10 @@
 
 import type { Informer, KubeConfig, KubernetesObject, makeInformer, ObjectCache } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { describeError, statusCode, type WorkloadApi } from './kube.ts';
-import type { BridgeMetrics } from './metrics.ts';
+import type { BridgeMetrics } from '../metrics.ts';
+import type { Workload, WorkloadKind } from '../workload.ts';
+import { describeError, statusCode, type WorkloadApi } from './api.ts';
 import { LIST_PAGE_SIZE, listInPages, makeSlimInformer } from './workload-cache.ts';
-import type { Workload, WorkloadKind } from './workload.ts';
 
 export type ChangeType = 'add' | 'update' | 'delete';
 

@@ -4,16 +4,16 @@
 
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { CloneClient } from './clone-client.ts';
+import type { CloneClient } from '../function/clone-client.ts';
+import type { ImageLedger } from '../function/image-ledger.ts';
+import { describeError, type WorkloadApi } from '../kube/api.ts';
+import type { EventSink } from '../kube/events.ts';
+import { WorkloadInformer, type WorkloadInformerOptions } from '../kube/informers.ts';
+import type { BridgeMetrics } from '../metrics.ts';
+import { WORKLOAD_KINDS, keyOf, parseWorkloadKey, type Workload, type WorkloadKind } from '../workload.ts';
 import type { DecisionContext } from './decide.ts';
-import type { EventSink } from './events.ts';
-import type { ImageLedger } from './image-ledger.ts';
-import { WorkloadInformer, type WorkloadInformerOptions } from './informers.ts';
-import { describeError, type WorkloadApi } from './kube.ts';
-import type { BridgeMetrics } from './metrics.ts';
 import { Reconciler, StaleWorkloadError } from './reconciler.ts';
 import { WorkQueue, type WorkQueueOptions } from './work-queue.ts';
-import { WORKLOAD_KINDS, keyOf, parseWorkloadKey, type Workload, type WorkloadKind } from './workload.ts';
 
 export interface ControllerOptions {
   readonly kubeConfig: KubeConfig;

@@ -7,7 +7,7 @@
 
 import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { describeError, statusCode, timeoutOptions } from './kube.ts';
+import { describeError, statusCode, timeoutOptions } from './api.ts';
 
 export interface LeaderElectionOptions {
   readonly kubeConfig: KubeConfig;

@@ -10,8 +10,8 @@
 import type { KubeConfig } from '@kubernetes/client-node';
 import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { describeError, kubeJson } from './kube.ts';
-import type { WorkloadKind } from './workload.ts';
+import type { WorkloadKind } from '../workload.ts';
+import { describeError, kubeJson } from './api.ts';
 
 export const EVENT_COMPONENT = 'image-clone-controller';
 const WRITE_TIMEOUT_MS = 10_000;

@@ -15,8 +15,8 @@ import {
 } from '@kubernetes/client-node';
 import { delimiter } from 'node:path';
 import { request } from 'undici';
-import type { JsonPatchOperation } from './patch.ts';
-import type { Workload, WorkloadKind } from './workload.ts';
+import type { JsonPatchOperation } from '../reconcile/patch.ts';
+import type { Workload, WorkloadKind } from '../workload.ts';
 
 /** A kubeconfig path (or list, as in $KUBECONFIG), or the pod's ServiceAccount when undefined. */
 export function loadKubeConfig(kubeconfig: string | undefined): KubeConfig {

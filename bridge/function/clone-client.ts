@@ -10,11 +10,11 @@
 
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import type { BridgeMetrics } from '../metrics.ts';
+import { parseWorkloadKey } from '../workload.ts';
 import type { ImageLedger } from './image-ledger.ts';
 import type { ResultIntake } from './intake.ts';
-import type { BridgeMetrics } from './metrics.ts';
 import { cloneResultSchema, type CloneResult } from './results.ts';
-import { parseWorkloadKey } from './workload.ts';
 
 export interface CloneClientOptions {
   /** Base URL of the function; requests go to `${functionUrl}/clone`. */
