@@ -4,11 +4,11 @@
 // Nothing is patched here: the reconciler does that from the current object (level-triggered).
 
 import type { Logger } from 'pino';
-import type { BackupLocation } from '../../functions/contract/index.ts';
+import type { BackupLocation, CloneResult } from '../../functions/contract/index.ts';
 import type { BridgeMetrics } from '../metrics.ts';
 import { parseWorkloadKey } from '../workload.ts';
 import type { ImageLedger } from './image-ledger.ts';
-import { checkResult, type CloneResult, type ResultRejection } from './results.ts';
+import { checkResult, type ResultRejection } from './results.ts';
 
 export interface IntakeOptions {
   readonly backup: BackupLocation;

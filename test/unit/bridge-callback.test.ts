@@ -1,9 +1,10 @@
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
+import { MAX_CALLBACK_BYTES } from '../../bridge/function/callback.ts';
 import { ImageLedger } from '../../bridge/function/image-ledger.ts';
 import { ResultIntake } from '../../bridge/function/intake.ts';
 import { ReplayCache } from '../../bridge/function/replay-cache.ts';
-import { createHttpApp, MAX_CALLBACK_BYTES, type Readiness } from '../../bridge/http.ts';
+import { createHttpApp, type Readiness } from '../../bridge/http.ts';
 import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
 import { signCallback } from '../../functions/contract/index.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
@@ -67,7 +68,7 @@ function callback(options: CallbackOptions = {}) {
     options.body ??
     JSON.stringify({
       job,
-      context: options.context ?? { workloads: [KEY] },
+      context: 'context' in options ? options.context : { workloads: [KEY] },
       results: options.results ?? [{ source: NGINX, target: NGINX_TARGET, digest: DIGEST, status: 'copied', bytes: 10, ms: 5 }],
     });
   const timestamp = options.timestamp ?? Math.floor(clock / 1000);
@@ -163,7 +164,11 @@ describe('callback: authentication', () => {
   it('refuses a body that is not the callback shape, after checking the signature', async () => {
     expect((await post(callback({ body: '{"job":' }))).status).toBe(400);
     expect((await post(callback({ body: JSON.stringify({ job: 'j', results: 'nope' }) }))).status).toBe(400);
-    expect(rejections('malformed')).toBe(2);
+    // The context is the bridge's own (a list of workload keys) or nothing.
+    expect((await post(callback({ context: KEY }))).status).toBe(400);
+    expect((await post(callback({ context: { workloads: ['x'.repeat(601)] } }))).status).toBe(400);
+    expect(rejections('malformed')).toBe(4);
+    expect((await post(callback({ job: 'no-context', context: null }))).status).toBe(200);
   });
 
   it('refuses a body over the size limit without reading it whole', async () => {
