@@ -15,6 +15,8 @@ import {
   DEFAULT_MAX_IMAGES_PER_REQUEST,
   resultsAnswerSchema,
 } from '../../functions/contract/index.ts';
+import { describeError } from '../../lib/errors.ts';
+import { Semaphore } from '../../lib/semaphore.ts';
 import type { BridgeMetrics } from '../metrics.ts';
 import { parseWorkloadKey } from '../workload.ts';
 import type { ImageLedger } from './image-ledger.ts';
@@ -60,8 +62,7 @@ export class CloneClient {
   readonly #maxImages: number;
   readonly #requests = new Set<Promise<void>>();
   readonly #maxConcurrent: number;
-  #open = 0;
-  readonly #waiting: (() => void)[] = [];
+  readonly #slots: Semaphore;
 
   constructor(options: CloneClientOptions) {
     this.#options = options;
@@ -69,6 +70,7 @@ export class CloneClient {
     this.#now = options.now ?? Date.now;
     this.#maxImages = options.maxImagesPerRequest ?? DEFAULT_MAX_IMAGES_PER_REQUEST;
     this.#maxConcurrent = options.maxConcurrentRequests ?? 16;
+    this.#slots = new Semaphore(this.#maxConcurrent);
   }
 
   get mode(): 'callback' | 'synchronous' {
@@ -119,22 +121,15 @@ export class CloneClient {
   }
 
   async #post(key: string, images: readonly string[]): Promise<void> {
-    if (this.#open < this.#maxConcurrent) {
-      this.#open++;
-    } else {
-      // A finishing request hands its slot over directly, so none is taken twice.
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
-      // Time spent waiting here is not the copy's: its deadline starts when it is sent.
-      const until = this.#now() + this.#options.cloneTimeoutMs;
-      for (const image of images) this.#options.ledger.begin(image, until);
-    }
-    try {
+    const queued = this.#slots.used >= this.#maxConcurrent;
+    await this.#slots.run(async () => {
+      if (queued) {
+        // Time spent waiting for a slot is not the copy's: its deadline starts when it is sent.
+        const until = this.#now() + this.#options.cloneTimeoutMs;
+        for (const image of images) this.#options.ledger.begin(image, until);
+      }
       await this.#send(key, images);
-    } finally {
-      const next = this.#waiting.shift();
-      if (next !== undefined) next();
-      else this.#open--;
-    }
+    });
   }
 
   async #send(key: string, images: readonly string[]): Promise<void> {
@@ -208,8 +203,7 @@ export class CloneClient {
       logger.debug({ images: images.length, ms: this.#now() - started }, 'clone request answered');
     } catch (error) {
       metrics.cloneRequests.inc({ result: 'failed' });
-      const message =
-        error instanceof Error ? `${error.name === 'Error' ? '' : `${error.name}: `}${error.message}` : String(error);
+      const message = describeError(error);
       const unsettled = images.filter((image) => !settled.has(image));
       logger.warn(
         { error: message, images: unsettled.length, kind: workload?.kind, namespace: workload?.namespace, name: workload?.name },

@@ -3,6 +3,8 @@
 // restart forgets it all and costs one more request per image (a HEAD at the function), nothing
 // else. Entries expire, so a moved tag is copied again later and memory stays bounded.
 
+import { equalJitterDelay, type BackoffBounds } from '../../lib/backoff.ts';
+
 export type ImageStatus =
   | { readonly state: 'unknown' }
   | { readonly state: 'backed-up'; readonly target: string; readonly digest: string }
@@ -32,15 +34,13 @@ export class ImageLedger {
   readonly #now: () => number;
   readonly #random: () => number;
   readonly #backupTtlMs: number;
-  readonly #failureBaseMs: number;
-  readonly #failureMaxMs: number;
+  readonly #failureBackoff: BackoffBounds;
 
   constructor(options: ImageLedgerOptions = {}) {
     this.#now = options.now ?? Date.now;
     this.#random = options.random ?? Math.random;
     this.#backupTtlMs = options.backupTtlMs ?? 15 * 60_000;
-    this.#failureBaseMs = options.failureBaseMs ?? 5_000;
-    this.#failureMaxMs = options.failureMaxMs ?? 5 * 60_000;
+    this.#failureBackoff = { baseMs: options.failureBaseMs ?? 5_000, maxMs: options.failureMaxMs ?? 5 * 60_000 };
   }
 
   status(source: string): ImageStatus {
@@ -87,8 +87,7 @@ export class ImageLedger {
   fail(source: string, error: string): { waiters: string[]; retryInMs: number; failures: number } {
     const entry = this.#entry(source);
     const failures = (entry.failure?.failures ?? 0) + 1;
-    const exponential = Math.min(this.#failureBaseMs * 2 ** Math.min(failures - 1, 30), this.#failureMaxMs);
-    const retryInMs = Math.round(exponential / 2 + (this.#random() * exponential) / 2);
+    const retryInMs = equalJitterDelay(failures - 1, this.#failureBackoff, this.#random);
     entry.failure = { failures, retryAt: this.#now() + retryInMs, error };
     entry.inFlightUntil = undefined;
     return { waiters: this.#release(entry), retryInMs, failures };

@@ -4,9 +4,10 @@
 
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { describeError } from '../../lib/errors.ts';
 import type { CloneClient } from '../function/clone-client.ts';
 import type { ImageLedger } from '../function/image-ledger.ts';
-import { describeError, type WorkloadApi } from '../kube/api.ts';
+import type { WorkloadApi } from '../kube/api.ts';
 import type { EventSink } from '../kube/events.ts';
 import { WorkloadInformer, type WorkloadInformerOptions } from '../kube/informers.ts';
 import type { BridgeMetrics } from '../metrics.ts';

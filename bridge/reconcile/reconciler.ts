@@ -4,9 +4,10 @@
 // attempt reads the object from the API server rather than from a possibly stale cache.
 
 import type { Logger } from 'pino';
+import { describeError } from '../../lib/errors.ts';
 import type { CloneClient } from '../function/clone-client.ts';
 import type { ImageLedger } from '../function/image-ledger.ts';
-import { describeError, isStale, statusCode, type WorkloadApi } from '../kube/api.ts';
+import { isStale, statusCode, type WorkloadApi } from '../kube/api.ts';
 import type { EventSink } from '../kube/events.ts';
 import type { BridgeMetrics } from '../metrics.ts';
 import { parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadRef } from '../workload.ts';

@@ -1,9 +1,8 @@
-import { ApiException } from '@kubernetes/client-node';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { ImageLedger } from '../../bridge/function/image-ledger.ts';
-import type { WorkloadApi } from '../../bridge/kube/api.ts';
+import { KubeApiError, type WorkloadApi } from '../../bridge/kube/api.ts';
 import type { EventSink, EventType, InvolvedObject } from '../../bridge/kube/events.ts';
 import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
 import type { JsonPatchOperation } from '../../bridge/reconcile/patch.ts';
@@ -142,12 +141,7 @@ describe('reconciler', () => {
   it('turns a refused patch (the object changed) into a retry that reads the object from the API server', async () => {
     ledger.succeed(NGINX, NGINX_TARGET, DIGEST);
     cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
-    apis.Deployment.patchError = new ApiException(
-      422,
-      'Unprocessable Entity',
-      { message: 'the server rejected our request' },
-      {},
-    );
+    apis.Deployment.patchError = new KubeApiError(422, 'the server rejected our request');
     await expect(reconciler.reconcile('Deployment/default/web')).rejects.toBeInstanceOf(StaleWorkloadError);
     expect(metrics.patches.get({ kind: 'Deployment', result: 'conflict' })).toBe(1);
     expect(events).toEqual([]);
@@ -187,12 +181,12 @@ describe('reconciler', () => {
   it('treats 409 like 422 and other errors as plain failures', async () => {
     ledger.succeed(NGINX, NGINX_TARGET, DIGEST);
     cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
-    apis.Deployment.patchError = new ApiException(409, 'Conflict', {}, {});
+    apis.Deployment.patchError = new KubeApiError(409, 'Conflict');
     await expect(reconciler.reconcile('Deployment/default/web')).rejects.toBeInstanceOf(StaleWorkloadError);
     apis.Deployment.stored = workload('default', 'nginx:1.27');
-    apis.Deployment.patchError = new ApiException(500, 'Internal', {}, {});
+    apis.Deployment.patchError = new KubeApiError(500, 'Internal');
     const failure = reconciler.reconcile('Deployment/default/web');
-    await expect(failure).rejects.toBeInstanceOf(ApiException);
+    await expect(failure).rejects.toBeInstanceOf(KubeApiError);
     await expect(failure).rejects.not.toBeInstanceOf(StaleWorkloadError);
     expect(metrics.patches.get({ kind: 'Deployment', result: 'error' })).toBe(1);
   });
@@ -201,7 +195,7 @@ describe('reconciler', () => {
     expect(await reconciler.reconcile('Deployment/default/missing')).toEqual({});
     ledger.succeed(NGINX, NGINX_TARGET, DIGEST);
     cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
-    apis.Deployment.patchError = new ApiException(404, 'Not Found', {}, {});
+    apis.Deployment.patchError = new KubeApiError(404, 'Not Found');
     expect(await reconciler.reconcile('Deployment/default/web')).toEqual({});
     expect(metrics.patches.get({ kind: 'Deployment', result: 'gone' })).toBe(1);
     expect(messages()).not.toContain('Deployment reconciler: reconciliation successfully finished');
