@@ -1,12 +1,14 @@
 // Where results from the clone function enter the bridge, whether they come back in a signed
 // callback or in the function's synchronous answer: each is checked against the mapping the
 // bridge computes itself, recorded in the ledger, and the workloads waiting for it are enqueued.
-// Nothing is patched here: the reconciler does that from the current object (level-triggered).
+// Nothing is patched here: the reconciler does that from the current object (level-triggered). A
+// failed copy is told on the workloads that wanted it, as a Warning Event.
 
 import type { Logger } from 'pino';
 import type { BackupLocation, CloneResult } from '../../functions/contract/index.ts';
+import type { EventSink } from '../kube/events.ts';
 import type { BridgeMetrics } from '../metrics.ts';
-import { parseWorkloadKey } from '../workload.ts';
+import { parseWorkloadKey, type WorkloadReader } from '../workload.ts';
 import type { ImageLedger } from './image-ledger.ts';
 import { checkResult, type ResultRejection } from './results.ts';
 
@@ -16,8 +18,9 @@ export interface IntakeOptions {
   readonly metrics: BridgeMetrics;
   readonly logger: Logger;
   readonly enqueue: (key: string) => void;
-  /** A copy failed: the workloads that wanted it (for a Warning event). */
-  readonly onFailure?: (keys: readonly string[], source: string, error: string) => void;
+  readonly events: EventSink;
+  /** The workloads a failure is told on are looked up here (a deleted one is not told). */
+  readonly workloads: WorkloadReader;
 }
 
 export interface IntakeSummary {
@@ -95,6 +98,16 @@ export class ResultIntake {
     for (const key of waiters) keys.add(key);
     const affected = waiters.length > 0 ? waiters : context;
     this.#options.logger.warn({ image: source, error, failures, retryInMs }, 'Image Cloner: cloning failed');
-    this.#options.onFailure?.(affected, source, error);
+    for (const key of affected) {
+      const ref = parseWorkloadKey(key);
+      const workload = ref && this.#options.workloads.get(ref.kind, ref.namespace, ref.name);
+      if (ref === undefined || workload === undefined) continue;
+      this.#options.events.record(
+        { ...ref, uid: workload.metadata?.uid },
+        'Warning',
+        'BackupFailed',
+        `Backup of ${source} failed: ${error}`,
+      );
+    }
   }
 }

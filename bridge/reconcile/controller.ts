@@ -11,7 +11,7 @@ import type { WorkloadApi } from '../kube/api.ts';
 import type { EventSink } from '../kube/events.ts';
 import { WorkloadInformer, type WorkloadInformerOptions } from '../kube/informers.ts';
 import type { BridgeMetrics } from '../metrics.ts';
-import { WORKLOAD_KINDS, keyOf, parseWorkloadKey, type Workload, type WorkloadKind } from '../workload.ts';
+import { WORKLOAD_KINDS, keyOf, parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadReader } from '../workload.ts';
 import type { DecisionContext } from './decide.ts';
 import { Reconciler, StaleWorkloadError } from './reconciler.ts';
 import { WorkQueue, type WorkQueueOptions } from './work-queue.ts';
@@ -31,7 +31,7 @@ export interface ControllerOptions {
   readonly queue?: Pick<WorkQueueOptions, 'baseDelayMs' | 'maxDelayMs'>;
 }
 
-export class Controller {
+export class Controller implements WorkloadReader {
   readonly informers: Readonly<Record<WorkloadKind, WorkloadInformer>>;
   readonly queue: WorkQueue;
   readonly #options: ControllerOptions;
@@ -57,7 +57,7 @@ export class Controller {
     this.informers = { Deployment: informer('Deployment'), DaemonSet: informer('DaemonSet') };
     const reconciler = new Reconciler({
       apis: options.apis,
-      cache: { get: (kind, namespace, name) => this.informers[kind].get(namespace, name) },
+      cache: this,
       decision: options.decision,
       ledger: options.ledger,
       cloneClient: options.cloneClient,
@@ -96,6 +96,11 @@ export class Controller {
 
   get synced(): boolean {
     return WORKLOAD_KINDS.every((kind) => this.informers[kind].synced);
+  }
+
+  /** A workload as the informers' cache holds it. */
+  get(kind: WorkloadKind, namespace: string, name: string): Workload | undefined {
+    return this.informers[kind].get(namespace, name);
   }
 
   enqueue(key: string): void {

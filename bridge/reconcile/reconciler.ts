@@ -10,13 +10,9 @@ import type { ImageLedger } from '../function/image-ledger.ts';
 import { isStale, statusCode, type WorkloadApi } from '../kube/api.ts';
 import type { EventSink } from '../kube/events.ts';
 import type { BridgeMetrics } from '../metrics.ts';
-import { parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadRef } from '../workload.ts';
+import { parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadReader, type WorkloadRef } from '../workload.ts';
 import { decide, type Decision, type DecisionContext } from './decide.ts';
 import type { Outcome } from './work-queue.ts';
-
-export interface WorkloadReader {
-  get(kind: WorkloadKind, namespace: string, name: string): Workload | undefined;
-}
 
 export interface ReconcilerOptions {
   readonly apis: Readonly<Record<WorkloadKind, WorkloadApi>>;

@@ -5,6 +5,7 @@ import { ImageLedger } from '../../bridge/function/image-ledger.ts';
 import { ResultIntake } from '../../bridge/function/intake.ts';
 import { ReplayCache } from '../../bridge/function/replay-cache.ts';
 import { createHttpApp, type Readiness } from '../../bridge/http.ts';
+import type { EventType, InvolvedObject } from '../../bridge/kube/events.ts';
 import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
 import { signCallback } from '../../functions/contract/index.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
@@ -20,7 +21,9 @@ let clock: number;
 let metrics: BridgeMetrics;
 let ledger: ImageLedger;
 let enqueued: string[];
-let failures: { keys: readonly string[]; source: string; error: string }[];
+let events: { object: InvolvedObject; type: EventType; reason: string; message: string }[];
+/** Workloads the informers' cache holds; the intake tells failures only on these. */
+let cached: Set<string>;
 let leading: boolean;
 let readiness: Readiness;
 let app: ReturnType<typeof createHttpApp>;
@@ -30,7 +33,8 @@ beforeEach(() => {
   metrics = bridgeMetrics();
   ledger = new ImageLedger({ now: () => clock, random: () => 0.5 });
   enqueued = [];
-  failures = [];
+  events = [];
+  cached = new Set([KEY, 'Deployment/default/other']);
   leading = true;
   readiness = { ready: true };
   const logger = pino({ level: 'silent' });
@@ -40,7 +44,11 @@ beforeEach(() => {
     metrics,
     logger,
     enqueue: (key) => enqueued.push(key),
-    onFailure: (keys, source, error) => failures.push({ keys, source, error }),
+    events: { record: (object, type, reason, message) => events.push({ object, type, reason, message }) },
+    workloads: {
+      get: (kind, namespace, name) =>
+        cached.has(`${kind}/${namespace}/${name}`) ? { metadata: { name, namespace, uid: `uid-${name}` } } : undefined,
+    },
   });
   app = createHttpApp({
     callbackSecret: SECRET,
@@ -234,13 +242,29 @@ describe('callback: results checked against the bridge’s own mapping', () => {
     const { body } = await post(callback({ results: [{ source: NGINX, status: 'failed', error: 'manifest unknown', ms: 3 }] }));
     expect(body).toMatchObject({ accepted: 0, failed: 1 });
     expect(ledger.status(NGINX)).toMatchObject({ state: 'failed', error: 'manifest unknown' });
-    expect(failures).toEqual([{ keys: ['Deployment/default/other'], source: NGINX, error: 'manifest unknown' }]);
+    expect(events).toEqual([
+      {
+        object: { kind: 'Deployment', namespace: 'default', name: 'other', uid: 'uid-other' },
+        type: 'Warning',
+        reason: 'BackupFailed',
+        message: `Backup of ${NGINX} failed: manifest unknown`,
+      },
+    ]);
     expect(enqueued.sort()).toEqual(['Deployment/default/other', KEY]);
   });
 
   it('tells the workloads of the context about a failure when nobody here waited (the bridge restarted)', async () => {
     await post(callback({ results: [{ source: NGINX, status: 'failed', error: 'denied' }] }));
-    expect(failures).toEqual([{ keys: [KEY], source: NGINX, error: 'denied' }]);
+    expect(events.map(({ object, reason }) => ({ name: object.name, uid: object.uid, reason }))).toEqual([
+      { name: 'web', uid: 'uid-web', reason: 'BackupFailed' },
+    ]);
+  });
+
+  it('tells nothing on a workload that is gone from the cache', async () => {
+    cached.clear();
+    await post(callback({ results: [{ source: NGINX, status: 'failed', error: 'denied' }] }));
+    expect(events).toEqual([]);
+    expect(enqueued).toEqual([KEY]);
   });
 
   it('counts results that are not results and keeps the others', async () => {

@@ -57,7 +57,15 @@ function client(options: { callbackUrl?: string; maxImagesPerRequest?: number; m
       },
     }),
   );
-  const intake = new ResultIntake({ backup, ledger, metrics, logger, enqueue: (key) => enqueued.push(key) });
+  const intake = new ResultIntake({
+    backup,
+    ledger,
+    metrics,
+    logger,
+    enqueue: (key) => enqueued.push(key),
+    events: { record: () => {} },
+    workloads: { get: () => undefined },
+  });
   const fakeFetch = (async (input: string | URL | Request, init?: RequestInit) => {
     const call: Call = {
       url: String(input),
