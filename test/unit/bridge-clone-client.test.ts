@@ -29,6 +29,9 @@ interface Call {
   body: { images: string[]; callback?: { url: string; context: { workloads: string[] } } };
 }
 
+/** No workload to tell a failure on: the intake's Events are the callback tests' concern. */
+const noEvents = { events: { record: () => {} }, workloads: { get: () => undefined } };
+
 let now: number;
 let calls: Call[];
 let respond: (call: Call) => Response | Promise<Response>;
@@ -57,15 +60,7 @@ function client(options: { callbackUrl?: string; maxImagesPerRequest?: number; m
       },
     }),
   );
-  const intake = new ResultIntake({
-    backup,
-    ledger,
-    metrics,
-    logger,
-    enqueue: (key) => enqueued.push(key),
-    events: { record: () => {} },
-    workloads: { get: () => undefined },
-  });
+  const intake = new ResultIntake({ backup, ledger, metrics, logger, enqueue: (key) => enqueued.push(key), ...noEvents });
   const fakeFetch = (async (input: string | URL | Request, init?: RequestInit) => {
     const call: Call = {
       url: String(input),
