@@ -65,12 +65,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   const identity = config.leaderElection.enabled ? config.leaderElection.identity : `bridge-${process.pid}`;
   let controller: Controller | undefined;
 
-  const metrics = bridgeMetrics();
-  metrics.registry.onCollect(() => {
-    metrics.queueDepth.set({}, controller?.queue.depth ?? 0);
-    metrics.queueDelayed.set({}, controller?.queue.delayed ?? 0);
-    metrics.queueProcessing.set({}, controller?.queue.processing ?? 0);
-  });
+  const metrics = bridgeMetrics({ queue: () => controller?.queue });
   const ledger = new ImageLedger(options.tuning?.ledger);
   const events = new EventRecorder({ kubeConfig, logger, instance: identity, onDropped: () => metrics.eventsDropped.inc() });
   const intake = new ResultIntake({

@@ -26,8 +26,8 @@ export function createHttpApp(options: HttpAppOptions): Hono {
     return state.ready ? c.json({ status: 'ready' }) : c.json({ status: 'not ready', reason: state.reason }, 503);
   });
 
-  app.get('/metrics', (c) =>
-    c.text(metrics.registry.render(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }),
+  app.get('/metrics', async (c) =>
+    c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }),
   );
 
   app.route('/', callbackEndpoint(options));

@@ -24,6 +24,8 @@ export interface ImageLedgerOptions {
 interface Entry {
   backup?: { target: string; digest: string; at: number };
   inFlightUntil?: number;
+  /** When the request in flight was sent, for the latency of its result. */
+  sentAt?: number;
   failure?: { failures: number; retryAt: number; error: string };
   /** Created when a workload first waits, dropped when they are released: most entries have none. */
   waiters?: Set<string>;
@@ -63,9 +65,17 @@ export class ImageLedger {
     return status.state === 'backed-up' ? status.target : undefined;
   }
 
-  /** A copy was asked for: until `until` nobody asks again; after it, the request counts as lost. */
+  /** A copy is asked for now: until `until` nobody asks again; after it, the request counts as lost. */
   begin(source: string, until: number): void {
-    this.#entry(source).inFlightUntil = until;
+    const entry = this.#entry(source);
+    entry.inFlightUntil = until;
+    entry.sentAt = this.#now();
+  }
+
+  /** How long ago the request in flight for `source` was sent, if this process sent one. */
+  sinceSent(source: string): number | undefined {
+    const sentAt = this.#entries.get(source)?.sentAt;
+    return sentAt === undefined ? undefined : this.#now() - sentAt;
   }
 
   /** `key` wants to hear when `source` is settled. */
@@ -79,6 +89,7 @@ export class ImageLedger {
     const entry = this.#entry(source);
     entry.backup = { target, digest, at: this.#now() };
     entry.inFlightUntil = undefined;
+    entry.sentAt = undefined;
     entry.failure = undefined;
     return this.#release(entry);
   }
@@ -90,6 +101,7 @@ export class ImageLedger {
     const retryInMs = equalJitterDelay(failures - 1, this.#failureBackoff, this.#random);
     entry.failure = { failures, retryAt: this.#now() + retryInMs, error };
     entry.inFlightUntil = undefined;
+    entry.sentAt = undefined;
     return { waiters: this.#release(entry), retryInMs, failures };
   }
 

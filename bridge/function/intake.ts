@@ -54,9 +54,12 @@ export class ResultIntake {
     for (const result of results) {
       const checked = checkResult(result, backup);
       settled.push(checked.source);
+      const status = checked.outcome === 'backed-up' ? checked.status : checked.outcome;
+      metrics.imageResults.inc({ status });
+      const sinceSent = ledger.sinceSent(checked.source);
+      if (sinceSent !== undefined) metrics.cloneLatency.observe({ status }, sinceSent / 1000);
       if (checked.outcome === 'backed-up') {
         accepted++;
-        metrics.imageResults.inc({ status: checked.status });
         for (const key of ledger.succeed(checked.source, checked.target, checked.digest)) keys.add(key);
         logger.info(
           {
@@ -71,11 +74,9 @@ export class ResultIntake {
         );
       } else if (checked.outcome === 'failed') {
         failed++;
-        metrics.imageResults.inc({ status: 'failed' });
         this.#fail(checked.source, checked.error, context, keys);
       } else {
         rejected.push({ source: checked.source, reason: checked.reason, detail: checked.detail });
-        metrics.imageResults.inc({ status: 'rejected' });
         metrics.callbackRejections.inc({ reason: checked.reason });
         logger.warn({ image: checked.source, reason: checked.reason, detail: checked.detail }, 'Image Cloner: result refused');
         // A refused result is a failed copy as far as the workload is concerned: retried later.

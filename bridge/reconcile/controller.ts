@@ -75,8 +75,10 @@ export class Controller implements WorkloadReader {
         else
           logger.warn({ ...fields, error: describeError(error) }, `${ref?.kind ?? 'workload'} reconciler: reconciliation failed`);
       },
-      onComplete: (key, completion) => {
-        metrics.reconciles.inc({ kind: parseWorkloadKey(key)?.kind ?? 'unknown', result: completion });
+      onComplete: (key, completion, ms) => {
+        const kind = parseWorkloadKey(key)?.kind ?? 'unknown';
+        metrics.reconciles.inc({ kind, result: completion });
+        metrics.reconcileDuration.observe({ kind }, ms / 1000);
       },
     });
   }

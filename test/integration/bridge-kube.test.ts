@@ -14,6 +14,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startBridge, type Bridge } from '../../bridge/app.ts';
 import { loadConfig } from '../../bridge/config.ts';
+import { metricValue } from '../../bridge/metrics.ts';
 import type { WorkloadApi } from '../../bridge/kube/api.ts';
 import { FINALIZER, OPT_OUT_ANNOTATION, type WorkloadKind } from '../../bridge/workload.ts';
 import { deliverCallback } from '../../functions/jobs.ts';
@@ -296,8 +297,8 @@ describe('bridge against a real kube-apiserver', () => {
     expect(nginx.metadata.finalizers ?? []).toEqual([]);
     expect(exporter.metadata.finalizers ?? []).toEqual([]);
     // Nobody else writes these objects: no patch of the bridge's may have been refused.
-    expect(first.metrics.patches.get({ kind: 'Deployment', result: 'conflict' })).toBe(0);
-    expect(first.metrics.patches.get({ kind: 'DaemonSet', result: 'conflict' })).toBe(0);
+    expect(await metricValue(first.metrics.patches, { kind: 'Deployment', result: 'conflict' })).toBe(0);
+    expect(await metricValue(first.metrics.patches, { kind: 'DaemonSet', result: 'conflict' })).toBe(0);
 
     // One request per workload, carrying the workload in the callback context.
     const daemonSetRequest = requested(standIn, 'busybox:1.36')[0]!;
@@ -367,14 +368,14 @@ describe('bridge against a real kube-apiserver', () => {
   });
 
   it('refuses a patch computed from a spec that changed meanwhile, and retries from the current one', async () => {
-    const conflictsBefore = first.metrics.patches.get({ kind: 'Deployment', result: 'conflict' });
+    const conflictsBefore = await metricValue(first.metrics.patches, { kind: 'Deployment', result: 'conflict' });
     // Someone changes the image between the bridge's read and its patch.
     beforePatch.set('Deployment/default/racy', async () => {
       await kubectl(['set', 'image', 'deployment/racy', 'c0=redis:7.4', '-n', 'default']);
     });
     await kubectl(['apply', '-f', '-'], manifest('Deployment', 'racy', ['memcached:1.6']));
     const racy = await backedUp('Deployment', 'racy', ['redis:7.4']);
-    expect(first.metrics.patches.get({ kind: 'Deployment', result: 'conflict' })).toBeGreaterThan(conflictsBefore);
+    expect(await metricValue(first.metrics.patches, { kind: 'Deployment', result: 'conflict' })).toBeGreaterThan(conflictsBefore);
     // The stale patch did not land: the workload points at the backup of the image it has now.
     expect(imagesOf(racy)).toEqual([backupOf('redis:7.4')]);
     expect(requested(standIn, 'redis:7.4').length).toBeGreaterThan(0);
@@ -427,7 +428,7 @@ describe('bridge against a real kube-apiserver', () => {
     await backedUp('Deployment', 'after-restart', ['traefik:3.1']);
     // The same term of leadership: the informers restarted their broken watches themselves.
     expect(first.controller()).toBe(controller);
-    expect(first.metrics.watchRestarts.get({ kind: 'Deployment', reason: 'error' })).toBeGreaterThan(0);
+    expect(await metricValue(first.metrics.watchRestarts, { kind: 'Deployment', reason: 'error' })).toBeGreaterThan(0);
   });
 
   it('hands over to a standby replica, which also works without callbacks (synchronous mode)', async () => {

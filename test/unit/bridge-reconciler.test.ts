@@ -4,7 +4,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { ImageLedger } from '../../bridge/function/image-ledger.ts';
 import { KubeApiError, type WorkloadApi } from '../../bridge/kube/api.ts';
 import type { EventSink, EventType, InvolvedObject } from '../../bridge/kube/events.ts';
-import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
+import { bridgeMetrics, metricValue, type BridgeMetrics } from '../../bridge/metrics.ts';
 import type { JsonPatchOperation } from '../../bridge/reconcile/patch.ts';
 import { Reconciler, StaleWorkloadError } from '../../bridge/reconcile/reconciler.ts';
 import { FINALIZER, type Workload, type WorkloadKind } from '../../bridge/workload.ts';
@@ -135,7 +135,7 @@ describe('reconciler', () => {
       'Deployment reconciler: reconciliation successfully finished',
     ]);
     expect(logs[1]).toMatchObject({ image: 'nginx:1.27', target: NGINX_TARGET, digest: DIGEST });
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'applied' })).toBe(1);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'applied' })).toBe(1);
   });
 
   it('turns a refused patch (the object changed) into a retry that reads the object from the API server', async () => {
@@ -143,7 +143,7 @@ describe('reconciler', () => {
     cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
     apis.Deployment.patchError = new KubeApiError(422, 'the server rejected our request');
     await expect(reconciler.reconcile('Deployment/default/web')).rejects.toBeInstanceOf(StaleWorkloadError);
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'conflict' })).toBe(1);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'conflict' })).toBe(1);
     expect(events).toEqual([]);
 
     // The cache still holds the old object; the server has the new one (someone changed the image).
@@ -172,7 +172,7 @@ describe('reconciler', () => {
     expect(await reconciler.reconcile('Deployment/default/web')).toEqual({});
     expect(apis.Deployment.reads).toBe(1);
     expect(apis.Deployment.patches).toHaveLength(1);
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'conflict' })).toBe(0);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'conflict' })).toBe(0);
     // Once is enough: later reconciles use the cache again.
     await reconciler.reconcile('Deployment/default/web');
     expect(apis.Deployment.reads).toBe(1);
@@ -188,7 +188,7 @@ describe('reconciler', () => {
     const failure = reconciler.reconcile('Deployment/default/web');
     await expect(failure).rejects.toBeInstanceOf(KubeApiError);
     await expect(failure).rejects.not.toBeInstanceOf(StaleWorkloadError);
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'error' })).toBe(1);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'error' })).toBe(1);
   });
 
   it('is done with a workload that is gone, from the cache or under its patch', async () => {
@@ -197,7 +197,7 @@ describe('reconciler', () => {
     cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
     apis.Deployment.patchError = new KubeApiError(404, 'Not Found');
     expect(await reconciler.reconcile('Deployment/default/web')).toEqual({});
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'gone' })).toBe(1);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'gone' })).toBe(1);
     expect(messages()).not.toContain('Deployment reconciler: reconciliation successfully finished');
   });
 
