@@ -97,9 +97,13 @@ export class ResultIntake {
   #fail(source: string, error: string, context: readonly string[], keys: Set<string>): void {
     const { waiters, retryInMs, failures } = this.#options.ledger.fail(source, error);
     for (const key of waiters) keys.add(key);
-    const affected = waiters.length > 0 ? waiters : context;
     this.#options.logger.warn({ image: source, error, failures, retryInMs }, 'Image Cloner: cloning failed');
-    for (const key of affected) {
+    this.#tellFailure(waiters.length > 0 ? waiters : context, source, error);
+  }
+
+  /** A Warning Event on each workload that wanted the copy and still exists. */
+  #tellFailure(keys: readonly string[], source: string, error: string): void {
+    for (const key of keys) {
       const ref = parseWorkloadKey(key);
       const workload = ref && this.#options.workloads.get(ref.kind, ref.namespace, ref.name);
       if (ref === undefined || workload === undefined) continue;

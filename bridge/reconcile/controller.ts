@@ -32,7 +32,7 @@ export interface ControllerOptions {
 }
 
 export class Controller implements WorkloadReader {
-  readonly informers: Readonly<Record<WorkloadKind, WorkloadInformer>>;
+  readonly #informers: Readonly<Record<WorkloadKind, WorkloadInformer>>;
   readonly queue: WorkQueue;
   readonly #options: ControllerOptions;
   #resyncTimer: NodeJS.Timeout | undefined;
@@ -54,7 +54,7 @@ export class Controller implements WorkloadReader {
           if (key !== undefined) this.queue.add(key, { urgent: true });
         },
       });
-    this.informers = { Deployment: informer('Deployment'), DaemonSet: informer('DaemonSet') };
+    this.#informers = { Deployment: informer('Deployment'), DaemonSet: informer('DaemonSet') };
     const reconciler = new Reconciler({
       apis: options.apis,
       cache: this,
@@ -85,24 +85,24 @@ export class Controller implements WorkloadReader {
 
   /** Lists and watches both kinds, then starts the workers; resolves once both caches are filled. */
   async start(): Promise<void> {
-    await Promise.all(WORKLOAD_KINDS.map((kind) => this.informers[kind].start()));
+    await Promise.all(WORKLOAD_KINDS.map((kind) => this.#informers[kind].start()));
     if (this.#stopped) return;
     this.queue.start();
     this.#resyncTimer = setInterval(() => this.resync(), this.#options.resyncMs);
     this.#resyncTimer.unref();
     this.#options.logger.info(
-      { deployments: this.informers.Deployment.list().length, daemonsets: this.informers.DaemonSet.list().length },
+      { deployments: this.#informers.Deployment.list().length, daemonsets: this.#informers.DaemonSet.list().length },
       'watching workloads',
     );
   }
 
   get synced(): boolean {
-    return WORKLOAD_KINDS.every((kind) => this.informers[kind].synced);
+    return WORKLOAD_KINDS.every((kind) => this.#informers[kind].synced);
   }
 
   /** A workload as the informers' cache holds it. */
   get(kind: WorkloadKind, namespace: string, name: string): Workload | undefined {
-    return this.informers[kind].get(namespace, name);
+    return this.#informers[kind].get(namespace, name);
   }
 
   enqueue(key: string): void {
@@ -113,7 +113,7 @@ export class Controller implements WorkloadReader {
   resync(): void {
     this.#options.ledger.prune();
     for (const kind of WORKLOAD_KINDS) {
-      for (const workload of this.informers[kind].list()) {
+      for (const workload of this.#informers[kind].list()) {
         const key = keyOf(kind, workload);
         if (key !== undefined) this.queue.add(key);
       }
@@ -123,7 +123,7 @@ export class Controller implements WorkloadReader {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#resyncTimer);
-    await Promise.all(WORKLOAD_KINDS.map((kind) => this.informers[kind].stop()));
+    await Promise.all(WORKLOAD_KINDS.map((kind) => this.#informers[kind].stop()));
     await this.queue.shutdown();
   }
 }
