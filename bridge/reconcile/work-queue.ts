@@ -153,10 +153,6 @@ export class WorkQueue {
     return this.#delayed.size;
   }
 
-  has(key: string): boolean {
-    return this.#urgent.has(key) || this.#ready.has(key) || this.#again.has(key) || this.#delayed.has(key);
-  }
-
   /** Resolves once no key is waiting or being processed (delayed keys do not count). */
   idle(): Promise<void> {
     if (this.#isIdle()) return Promise.resolve();
