@@ -1,23 +1,26 @@
 // The bridge assembled: HTTP server (probes, metrics, callback), clone client, result intake,
 // events, and the controller, run by whichever replica holds the lease. main.ts runs this from the
-// environment; tests run it in-process with their own configuration.
+// environment; tests run it in-process with their own configuration. Each part gets only the
+// narrow view of the others it needs; the controller, which exists only while this replica
+// leads, is reached through the closures below.
 
 import { serve } from '@hono/node-server';
 import type { KubeConfig } from '@kubernetes/client-node';
+import type { Hono } from 'hono';
 import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
-import { CloneClient } from './clone-client.ts';
 import type { BridgeConfig } from './config.ts';
-import { Controller, type ControllerOptions } from './controller.ts';
-import { EventRecorder } from './events.ts';
-import { createHttpApp } from './http.ts';
-import { ImageLedger, type ImageLedgerOptions } from './image-ledger.ts';
-import { ResultIntake } from './intake.ts';
-import { reuseConnections } from './kube-connections.ts';
-import { loadKubeConfig, workloadApis, type WorkloadApi } from './kube.ts';
-import { LeaderElector, type LeaderElectionOptions } from './leader-election.ts';
+import { CloneClient } from './function/clone-client.ts';
+import { ImageLedger, type ImageLedgerOptions } from './function/image-ledger.ts';
+import { ResultIntake } from './function/intake.ts';
+import { createHttpApp, type Readiness } from './http.ts';
+import { loadKubeConfig, workloadApis, type WorkloadApi } from './kube/api.ts';
+import { reuseConnections } from './kube/connections.ts';
+import { EventRecorder } from './kube/events.ts';
+import { LeaderElector, type LeaderElectionOptions } from './kube/leader-election.ts';
 import { bridgeMetrics, type BridgeMetrics } from './metrics.ts';
-import { parseWorkloadKey, type WorkloadKind } from './workload.ts';
+import { Controller, type ControllerOptions } from './reconcile/controller.ts';
+import type { WorkloadKind } from './workload.ts';
 
 export interface BridgeOptions {
   readonly config: BridgeConfig;
@@ -59,26 +62,20 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   // Every API call of the bridge (lists, watches, patches, events, the lease) on one pool.
   const kubeConfig = reuseConnections(options.kubeConfig ?? loadKubeConfig(config.kubeconfig));
   const apis = (options.workloadApis ?? ((real) => real))(workloadApis(kubeConfig));
-  const metrics = bridgeMetrics();
-  const ledger = new ImageLedger(options.tuning?.ledger);
   const identity = config.leaderElection.enabled ? config.leaderElection.identity : `bridge-${process.pid}`;
-  const events = new EventRecorder({ kubeConfig, logger, instance: identity, onDropped: () => metrics.eventsDropped.inc() });
   let controller: Controller | undefined;
 
+  const metrics = bridgeMetrics({ queue: () => controller?.queue });
+  const ledger = new ImageLedger(options.tuning?.ledger);
+  const events = new EventRecorder({ kubeConfig, logger, instance: identity, onDropped: () => metrics.eventsDropped.inc() });
   const intake = new ResultIntake({
     backup: config.backup,
     ledger,
     metrics,
     logger,
+    events,
+    workloads: { get: (kind, namespace, name) => controller?.get(kind, namespace, name) },
     enqueue: (key) => controller?.enqueue(key),
-    onFailure: (keys, source, error) => {
-      for (const key of keys) {
-        const ref = parseWorkloadKey(key);
-        const workload = ref && controller?.informers[ref.kind].get(ref.namespace, ref.name);
-        if (ref === undefined || workload === undefined) continue;
-        events.record({ ...ref, uid: workload.metadata?.uid }, 'Warning', 'BackupFailed', `Backup of ${source} failed: ${error}`);
-      }
-    },
   });
   const cloneClient = new CloneClient({
     functionUrl: config.functionUrl,
@@ -92,31 +89,14 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     ...(options.fetch && { fetch: options.fetch }),
   });
 
-  metrics.registry.onCollect(() => {
-    metrics.queueDepth.set({}, controller?.queue.depth ?? 0);
-    metrics.queueDelayed.set({}, controller?.queue.delayed ?? 0);
-    metrics.queueProcessing.set({}, controller?.queue.processing ?? 0);
-  });
-
   const app = createHttpApp({
     callbackSecret: config.callbackSecret,
     metrics,
     logger,
-    // Ready only where callbacks can be applied: the Service then sends them to the leader.
-    readiness: () =>
-      controller === undefined
-        ? { ready: false, reason: 'not the leader' }
-        : controller.synced
-          ? { ready: true }
-          : { ready: false, reason: 'informers not synced' },
+    readiness: () => readinessOf(controller),
     intake: () => (controller === undefined ? undefined : intake),
   });
-  const server = serve({ fetch: app.fetch, port: config.port, hostname: options.host ?? '0.0.0.0' });
-  await new Promise<void>((resolve, reject) => {
-    if (server.listening) return resolve();
-    server.once('listening', resolve);
-    server.once('error', reject);
-  });
+  const server = await listen(app, config.port, options.host ?? '0.0.0.0');
   const port = (server.address() as AddressInfo).port;
   logger.info(
     { port, mode: cloneClient.mode, backupRegistry: config.backup.registry, backupNamespace: config.backup.namespace },
@@ -124,8 +104,8 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   );
   if (config.callbackUnused !== undefined) logger.info({ reason: config.callbackUnused }, 'CALLBACK_URL not used');
 
-  const startController = () => {
-    const started = new Controller({
+  const startLeading = () => {
+    controller = new Controller({
       kubeConfig,
       apis,
       decision: { backup: config.backup, ignoredNamespaces: config.ignoredNamespaces },
@@ -139,34 +119,31 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
       ...(options.tuning?.informer && { informer: options.tuning.informer }),
       ...(options.tuning?.queue && { queue: options.tuning.queue }),
     });
-    controller = started;
     metrics.leader.set({}, 1);
     // Not awaited: a leader keeps renewing its lease while the informers list.
-    void started.start();
+    void controller.start();
   };
-  const stopController = async () => {
+  const stopLeading = async () => {
     const stopping = controller;
     controller = undefined;
     metrics.leader.set({}, 0);
     await stopping?.stop();
   };
 
-  let elector: LeaderElector | undefined;
-  if (config.leaderElection.enabled) {
-    elector = new LeaderElector({
-      kubeConfig,
-      namespace: config.leaderElection.namespace,
-      name: config.leaderElection.leaseName,
-      identity,
-      logger,
-      ...options.tuning?.leaderElection,
-      onStartedLeading: startController,
-      onStoppedLeading: stopController,
-    });
-    elector.start();
-  } else {
-    startController();
-  }
+  const elector = config.leaderElection.enabled
+    ? new LeaderElector({
+        kubeConfig,
+        namespace: config.leaderElection.namespace,
+        name: config.leaderElection.leaseName,
+        identity,
+        logger,
+        ...options.tuning?.leaderElection,
+        onStartedLeading: startLeading,
+        onStoppedLeading: stopLeading,
+      })
+    : undefined;
+  if (elector !== undefined) elector.start();
+  else startLeading();
 
   return {
     port,
@@ -178,10 +155,26 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     leading: () => controller !== undefined,
     stop: async () => {
       if (elector !== undefined) await elector.stop();
-      else await stopController();
+      else await stopLeading();
       await events.flush();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       logger.info('bridge stopped');
     },
   };
+}
+
+/** Ready only where callbacks can be applied: the Service then sends them to the leader. */
+function readinessOf(controller: Controller | undefined): Readiness {
+  if (controller === undefined) return { ready: false, reason: 'not the leader' };
+  return controller.synced ? { ready: true } : { ready: false, reason: 'informers not synced' };
+}
+
+async function listen(app: Hono, port: number, hostname: string): Promise<ReturnType<typeof serve>> {
+  const server = serve({ fetch: app.fetch, port, hostname });
+  await new Promise<void>((resolve, reject) => {
+    if (server.listening) return resolve();
+    server.once('listening', resolve);
+    server.once('error', reject);
+  });
+  return server;
 }

@@ -40,6 +40,11 @@ export interface WorkloadRef {
   readonly name: string;
 }
 
+/** Where workloads are read from without a call to the API server (the informers' cache). */
+export interface WorkloadReader {
+  get(kind: WorkloadKind, namespace: string, name: string): Workload | undefined;
+}
+
 /** `Kind/namespace/name`: Kubernetes names never contain "/", so the key splits back unambiguously. */
 export function workloadKey(ref: WorkloadRef): string {
   return `${ref.kind}/${ref.namespace}/${ref.name}`;

@@ -1,10 +1,12 @@
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { createHttpApp, MAX_CALLBACK_BYTES, type Readiness } from '../../bridge/http.ts';
-import { ImageLedger } from '../../bridge/image-ledger.ts';
-import { ResultIntake } from '../../bridge/intake.ts';
-import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
-import { ReplayCache } from '../../bridge/replay-cache.ts';
+import { MAX_CALLBACK_BYTES } from '../../bridge/function/callback.ts';
+import { ImageLedger } from '../../bridge/function/image-ledger.ts';
+import { ResultIntake } from '../../bridge/function/intake.ts';
+import { ReplayCache } from '../../bridge/function/replay-cache.ts';
+import { createHttpApp, type Readiness } from '../../bridge/http.ts';
+import type { EventType, InvolvedObject } from '../../bridge/kube/events.ts';
+import { bridgeMetrics, metricValue, type BridgeMetrics } from '../../bridge/metrics.ts';
 import { signCallback } from '../../functions/contract/index.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 
@@ -19,7 +21,9 @@ let clock: number;
 let metrics: BridgeMetrics;
 let ledger: ImageLedger;
 let enqueued: string[];
-let failures: { keys: readonly string[]; source: string; error: string }[];
+let events: { object: InvolvedObject; type: EventType; reason: string; message: string }[];
+/** Workloads the informers' cache holds; the intake tells failures only on these. */
+let cached: Set<string>;
 let leading: boolean;
 let readiness: Readiness;
 let app: ReturnType<typeof createHttpApp>;
@@ -29,7 +33,8 @@ beforeEach(() => {
   metrics = bridgeMetrics();
   ledger = new ImageLedger({ now: () => clock, random: () => 0.5 });
   enqueued = [];
-  failures = [];
+  events = [];
+  cached = new Set([KEY, 'Deployment/default/other']);
   leading = true;
   readiness = { ready: true };
   const logger = pino({ level: 'silent' });
@@ -39,7 +44,11 @@ beforeEach(() => {
     metrics,
     logger,
     enqueue: (key) => enqueued.push(key),
-    onFailure: (keys, source, error) => failures.push({ keys, source, error }),
+    events: { record: (object, type, reason, message) => events.push({ object, type, reason, message }) },
+    workloads: {
+      get: (kind, namespace, name) =>
+        cached.has(`${kind}/${namespace}/${name}`) ? { metadata: { name, namespace, uid: `uid-${name}` } } : undefined,
+    },
   });
   app = createHttpApp({
     callbackSecret: SECRET,
@@ -67,7 +76,7 @@ function callback(options: CallbackOptions = {}) {
     options.body ??
     JSON.stringify({
       job,
-      context: options.context ?? { workloads: [KEY] },
+      context: 'context' in options ? options.context : { workloads: [KEY] },
       results: options.results ?? [{ source: NGINX, target: NGINX_TARGET, digest: DIGEST, status: 'copied', bytes: 10, ms: 5 }],
     });
   const timestamp = options.timestamp ?? Math.floor(clock / 1000);
@@ -89,7 +98,7 @@ async function post(init: ReturnType<typeof callback>) {
   return { status: response.status, body: (await response.json()) as Record<string, unknown> };
 }
 
-const rejections = (reason: string) => metrics.callbackRejections.get({ reason });
+const rejections = (reason: string) => metricValue(metrics.callbackRejections, { reason });
 
 describe('callback: authentication', () => {
   it('accepts a callback signed by the function and records the verified backup', async () => {
@@ -106,14 +115,14 @@ describe('callback: authentication', () => {
     const init = callback();
     delete (init.headers as Record<string, string>)['x-clone-signature'];
     expect((await post(init)).status).toBe(401);
-    expect(rejections('missing_signature')).toBe(1);
+    expect(await rejections('missing_signature')).toBe(1);
     expect(ledger.backupOf(NGINX)).toBeUndefined();
     expect(enqueued).toEqual([]);
   });
 
   it('refuses a callback signed with another secret', async () => {
     expect((await post(callback({ secret: 'another-secret-0123456789abcdef' }))).status).toBe(401);
-    expect(rejections('bad_signature')).toBe(1);
+    expect(await rejections('bad_signature')).toBe(1);
     expect(ledger.backupOf(NGINX)).toBeUndefined();
   });
 
@@ -121,7 +130,7 @@ describe('callback: authentication', () => {
     const init = callback();
     init.body = init.body.replace(NGINX_TARGET, `registry.example.com/backup/evil:1@${DIGEST}`);
     expect((await post(init)).status).toBe(401);
-    expect(rejections('bad_signature')).toBe(1);
+    expect(await rejections('bad_signature')).toBe(1);
   });
 
   it.each([
@@ -130,7 +139,7 @@ describe('callback: authentication', () => {
   ])('refuses a timestamp %s, and accepts one just within', async (_, offset) => {
     const now = Math.floor(clock / 1000);
     expect((await post(callback({ timestamp: now + offset }))).status).toBe(401);
-    expect(rejections('stale_timestamp')).toBe(1);
+    expect(await rejections('stale_timestamp')).toBe(1);
     expect((await post(callback({ timestamp: now + Math.sign(offset) * 300 }))).status).toBe(200);
   });
 
@@ -138,7 +147,7 @@ describe('callback: authentication', () => {
     const init = callback();
     expect((await post(init)).status).toBe(200);
     expect((await post(init)).status).toBe(409);
-    expect(rejections('replay')).toBe(1);
+    expect(await rejections('replay')).toBe(1);
     // Still refused later, when the timestamp has become stale anyway.
     clock += 20 * 60_000;
     expect((await post(init)).status).toBe(401);
@@ -157,25 +166,29 @@ describe('callback: authentication', () => {
     const init = callback({ headers: { 'x-clone-job': 'job-2' } });
     // The header is not signed: a mismatch means tampering or a confused sender.
     expect((await post(init)).status).toBe(400);
-    expect(rejections('job_mismatch')).toBe(1);
+    expect(await rejections('job_mismatch')).toBe(1);
   });
 
   it('refuses a body that is not the callback shape, after checking the signature', async () => {
     expect((await post(callback({ body: '{"job":' }))).status).toBe(400);
     expect((await post(callback({ body: JSON.stringify({ job: 'j', results: 'nope' }) }))).status).toBe(400);
-    expect(rejections('malformed')).toBe(2);
+    // The context is the bridge's own (a list of workload keys) or nothing.
+    expect((await post(callback({ context: KEY }))).status).toBe(400);
+    expect((await post(callback({ context: { workloads: ['x'.repeat(601)] } }))).status).toBe(400);
+    expect(await rejections('malformed')).toBe(4);
+    expect((await post(callback({ job: 'no-context', context: null }))).status).toBe(200);
   });
 
   it('refuses a body over the size limit without reading it whole', async () => {
     const body = 'x'.repeat(MAX_CALLBACK_BYTES + 1);
     expect((await post(callback({ body }))).status).toBe(413);
-    expect(rejections('too_large')).toBe(1);
+    expect(await rejections('too_large')).toBe(1);
   });
 
   it('answers 503 on a replica that does not reconcile, so the function retries elsewhere', async () => {
     leading = false;
     expect((await post(callback())).status).toBe(503);
-    expect(rejections('not_leader')).toBe(1);
+    expect(await rejections('not_leader')).toBe(1);
     leading = true;
     expect((await post(callback())).status).toBe(200);
   });
@@ -191,7 +204,7 @@ describe('callback: results checked against the bridge’s own mapping', () => {
     expect(body).toMatchObject({ accepted: 0, rejected: [{ source: NGINX, reason: 'target_mismatch' }] });
     expect(ledger.backupOf(NGINX)).toBeUndefined();
     expect(ledger.status(NGINX).state).toBe('failed');
-    expect(rejections('target_mismatch')).toBe(1);
+    expect(await rejections('target_mismatch')).toBe(1);
     expect(enqueued).toEqual([KEY]);
   });
 
@@ -229,13 +242,29 @@ describe('callback: results checked against the bridge’s own mapping', () => {
     const { body } = await post(callback({ results: [{ source: NGINX, status: 'failed', error: 'manifest unknown', ms: 3 }] }));
     expect(body).toMatchObject({ accepted: 0, failed: 1 });
     expect(ledger.status(NGINX)).toMatchObject({ state: 'failed', error: 'manifest unknown' });
-    expect(failures).toEqual([{ keys: ['Deployment/default/other'], source: NGINX, error: 'manifest unknown' }]);
+    expect(events).toEqual([
+      {
+        object: { kind: 'Deployment', namespace: 'default', name: 'other', uid: 'uid-other' },
+        type: 'Warning',
+        reason: 'BackupFailed',
+        message: `Backup of ${NGINX} failed: manifest unknown`,
+      },
+    ]);
     expect(enqueued.sort()).toEqual(['Deployment/default/other', KEY]);
   });
 
   it('tells the workloads of the context about a failure when nobody here waited (the bridge restarted)', async () => {
     await post(callback({ results: [{ source: NGINX, status: 'failed', error: 'denied' }] }));
-    expect(failures).toEqual([{ keys: [KEY], source: NGINX, error: 'denied' }]);
+    expect(events.map(({ object, reason }) => ({ name: object.name, uid: object.uid, reason }))).toEqual([
+      { name: 'web', uid: 'uid-web', reason: 'BackupFailed' },
+    ]);
+  });
+
+  it('tells nothing on a workload that is gone from the cache', async () => {
+    cached.clear();
+    await post(callback({ results: [{ source: NGINX, status: 'failed', error: 'denied' }] }));
+    expect(events).toEqual([]);
+    expect(enqueued).toEqual([KEY]);
   });
 
   it('counts results that are not results and keeps the others', async () => {
@@ -243,7 +272,7 @@ describe('callback: results checked against the bridge’s own mapping', () => {
       callback({ results: [{ nonsense: true }, { source: NGINX, target: NGINX_TARGET, digest: DIGEST, status: 'copied' }] }),
     );
     expect(body).toMatchObject({ accepted: 1, malformed: 1 });
-    expect(rejections('malformed_result')).toBe(1);
+    expect(await rejections('malformed_result')).toBe(1);
   });
 
   it('ignores context keys that are not workload keys', async () => {

@@ -1,11 +1,11 @@
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { CloneClient } from '../../bridge/clone-client.ts';
-import { ImageLedger } from '../../bridge/image-ledger.ts';
-import { ResultIntake } from '../../bridge/intake.ts';
-import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
-import { expectedTarget } from '../../bridge/results.ts';
+import { CloneClient } from '../../bridge/function/clone-client.ts';
+import { ImageLedger } from '../../bridge/function/image-ledger.ts';
+import { ResultIntake } from '../../bridge/function/intake.ts';
+import { expectedTarget } from '../../bridge/function/results.ts';
+import { bridgeMetrics, metricValue, type BridgeMetrics } from '../../bridge/metrics.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 import { parseReference } from '../../functions/contract/index.ts';
 
@@ -28,6 +28,9 @@ interface Call {
   headers: Record<string, string>;
   body: { images: string[]; callback?: { url: string; context: { workloads: string[] } } };
 }
+
+/** No workload to tell a failure on: the intake's Events are the callback tests' concern. */
+const noEvents = { events: { record: () => {} }, workloads: { get: () => undefined } };
 
 let now: number;
 let calls: Call[];
@@ -57,7 +60,7 @@ function client(options: { callbackUrl?: string; maxImagesPerRequest?: number; m
       },
     }),
   );
-  const intake = new ResultIntake({ backup, ledger, metrics, logger, enqueue: (key) => enqueued.push(key) });
+  const intake = new ResultIntake({ backup, ledger, metrics, logger, enqueue: (key) => enqueued.push(key), ...noEvents });
   const fakeFetch = (async (input: string | URL | Request, init?: RequestInit) => {
     const call: Call = {
       url: String(input),
@@ -112,7 +115,7 @@ describe('clone client: callback mode', () => {
       callback: { url: 'http://bridge.test/callback', context: { workloads: ['Deployment/default/web'] } },
     });
     expect(ledger.status(NGINX)).toEqual({ state: 'in-flight', until: now + 60_000 });
-    expect(metrics.cloneRequests.get({ result: 'accepted' })).toBe(1);
+    expect(await metricValue(metrics.cloneRequests, { result: 'accepted' })).toBe(1);
   });
 
   it('does not ask again for an image already in flight, for this or another workload', async () => {
@@ -178,7 +181,7 @@ describe('clone client: callback mode', () => {
     await cloner.settle();
     expect(ledger.status(NGINX)).toMatchObject({ state: 'failed', retryAt: now + 1_000, failures: 1 });
     expect(enqueued).toEqual(['Deployment/default/web']);
-    expect(metrics.cloneRequests.get({ result: 'failed' })).toBe(1);
+    expect(await metricValue(metrics.cloneRequests, { result: 'failed' })).toBe(1);
 
     // Not asked again before the retry time, then asked again, and the delay grows.
     expect(cloner.request('Deployment/default/web', [NGINX])).toEqual({ sent: [], recheckInMs: 1_000 });
@@ -225,9 +228,29 @@ describe('clone client: synchronous mode (no callback URL)', () => {
     expect(ledger.backupOf(NGINX)).toBe(copied(NGINX).target);
     expect(ledger.status(BUSYBOX)).toMatchObject({ state: 'failed', error: 'not found', failures: 1 });
     // Each result counted once although "done" repeats them.
-    expect(metrics.imageResults.get({ status: 'copied' })).toBe(1);
-    expect(metrics.imageResults.get({ status: 'failed' })).toBe(1);
+    expect(await metricValue(metrics.imageResults, { status: 'copied' })).toBe(1);
+    expect(await metricValue(metrics.imageResults, { status: 'failed' })).toBe(1);
     expect(enqueued).toContain('Deployment/default/web');
+  });
+
+  it('measures each result from its request sent, once', async () => {
+    respond = async () => {
+      now += 2_500;
+      return ndjson([
+        { type: 'result', result: copied(NGINX) },
+        { type: 'done', results: [copied(NGINX), { source: BUSYBOX, status: 'failed', error: 'not found', ms: 1 }] },
+      ]);
+    };
+    const cloner = client({ callbackUrl: undefined });
+    cloner.request('Deployment/default/web', [NGINX, BUSYBOX]);
+    await cloner.settle();
+    const { values } = await metrics.cloneLatency.get();
+    const observed = (suffix: string, status: string) =>
+      values.find(
+        (value) => value.metricName === `image_clone_bridge_clone_latency_seconds_${suffix}` && value.labels.status === status,
+      )?.value;
+    expect([observed('count', 'copied'), observed('sum', 'copied')]).toEqual([1, 2.5]);
+    expect([observed('count', 'failed'), observed('sum', 'failed')]).toEqual([1, 2.5]);
   });
 
   it('accepts a plain JSON answer', async () => {
@@ -254,7 +277,7 @@ describe('clone client: synchronous mode (no callback URL)', () => {
     cloner.request('Deployment/default/web', [NGINX]);
     await cloner.settle();
     expect(ledger.backupOf(NGINX)).toBeUndefined();
-    expect(metrics.callbackRejections.get({ reason: 'target_mismatch' })).toBe(1);
+    expect(await metricValue(metrics.callbackRejections, { reason: 'target_mismatch' })).toBe(1);
   });
 });
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, type Environment } from '../../bridge/config.ts';
-import { bridgeMetrics, MetricsRegistry } from '../../bridge/metrics.ts';
+import { bridgeMetrics, metricValue, type QueueState } from '../../bridge/metrics.ts';
 import { parseWorkloadKey, workloadKey } from '../../bridge/workload.ts';
 
 const minimal: Environment = {
@@ -151,46 +151,47 @@ describe('workload keys', () => {
   });
 });
 
-describe('metrics registry', () => {
-  it('renders counters and gauges with escaped labels in the text format', () => {
-    const registry = new MetricsRegistry();
-    const counter = registry.counter('things_total', 'Things.\nDone', ['reason']);
-    counter.inc({ reason: 'a"b\\c\nd' });
-    counter.inc({ reason: 'plain' }, 2);
-    const gauge = registry.gauge('level', 'Level.');
-    registry.onCollect(() => gauge.set({}, 7));
-    expect(registry.render()).toBe(
-      [
-        '# HELP things_total Things.\\nDone',
-        '# TYPE things_total counter',
-        'things_total{reason="a\\"b\\\\c\\nd"} 1',
-        'things_total{reason="plain"} 2',
-        '# HELP level Level.',
-        '# TYPE level gauge',
-        'level 7',
-        '',
-      ].join('\n'),
-    );
-  });
-
-  it('refuses unknown labels, negative increments and duplicate names', () => {
-    const registry = new MetricsRegistry();
-    const counter = registry.counter('x_total', 'x', ['a']);
-    expect(() => counter.inc({ b: '1' })).toThrow('no label b');
-    expect(() => counter.inc({}, -1)).toThrow();
-    expect(() => registry.gauge('x_total', 'again')).toThrow('duplicate');
-  });
-
-  it('declares the bridge metrics the README promises', () => {
-    const text = bridgeMetrics().registry.render();
-    for (const name of [
-      'queue_depth',
-      'reconciles_total',
-      'patches_total',
-      'callback_rejections_total',
-      'watch_restarts_total',
+describe('bridge metrics', () => {
+  it('declares every metric the README promises, with its labels, and the process metrics', async () => {
+    const metrics = bridgeMetrics();
+    metrics.reconciles.inc({ kind: 'Deployment', result: 'done' });
+    metrics.reconcileDuration.observe({ kind: 'Deployment' }, 0.02);
+    metrics.cloneLatency.observe({ status: 'copied' }, 3);
+    metrics.watchRestarts.inc({ kind: 'DaemonSet', reason: 'silent' });
+    const text = await metrics.registry.metrics();
+    for (const [name, type] of [
+      ['queue_depth', 'gauge'],
+      ['queue_delayed', 'gauge'],
+      ['queue_processing', 'gauge'],
+      ['reconciles_total', 'counter'],
+      ['reconcile_duration_seconds', 'histogram'],
+      ['patches_total', 'counter'],
+      ['clone_requests_total', 'counter'],
+      ['image_results_total', 'counter'],
+      ['clone_latency_seconds', 'histogram'],
+      ['callback_rejections_total', 'counter'],
+      ['watch_restarts_total', 'counter'],
+      ['informer_synced', 'gauge'],
+      ['leader', 'gauge'],
+      ['events_dropped_total', 'counter'],
+      ['process_resident_memory_bytes', 'gauge'],
+      ['nodejs_eventloop_lag_seconds', 'gauge'],
     ]) {
-      expect(text).toContain(`# TYPE image_clone_bridge_${name} `);
+      expect(text).toContain(`# TYPE image_clone_bridge_${name} ${type}\n`);
     }
+    expect(text).toContain('image_clone_bridge_reconciles_total{kind="Deployment",result="done"} 1\n');
+    expect(text).toContain('image_clone_bridge_reconcile_duration_seconds_count{kind="Deployment"} 1\n');
+    expect(text).toContain('image_clone_bridge_clone_latency_seconds_bucket{le="5",status="copied"} 1\n');
+    expect(text).toContain('image_clone_bridge_watch_restarts_total{kind="DaemonSet",reason="silent"} 1\n');
+  });
+
+  it('reads the queue gauges from the queue when scraped, and 0 while there is none', async () => {
+    let queue: QueueState | undefined = { depth: 7, delayed: 2, processing: 4 };
+    const metrics = bridgeMetrics({ queue: () => queue });
+    expect(await metricValue(metrics.queueDepth)).toBe(7);
+    expect(await metricValue(metrics.queueDelayed)).toBe(2);
+    expect(await metricValue(metrics.queueProcessing)).toBe(4);
+    queue = undefined;
+    expect(await metrics.registry.metrics()).toContain('image_clone_bridge_queue_depth 0\n');
   });
 });

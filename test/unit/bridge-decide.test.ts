@@ -1,14 +1,14 @@
 import { isDeepStrictEqual } from 'node:util';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decide, imageSlots, type Decision, type DecisionContext } from '../../bridge/decide.ts';
+import { decide, imageSlots, type Decision, type DecisionContext } from '../../bridge/reconcile/decide.ts';
 import {
   buildWorkloadPatch,
   imagePath,
   removeFinalizerOperations,
   replaceImageOperations,
   type JsonPatchOperation,
-} from '../../bridge/patch.ts';
+} from '../../bridge/reconcile/patch.ts';
 import { FINALIZER, OPT_OUT_ANNOTATION, type Workload } from '../../bridge/workload.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 

@@ -4,7 +4,9 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EventRecorder, type EventRecorderOptions } from '../../bridge/events.ts';
+import { isStale, KubeApiError, kubeJson, statusCode } from '../../bridge/kube/api.ts';
+import { EventRecorder, type EventRecorderOptions } from '../../bridge/kube/events.ts';
+import { describeError } from '../../lib/errors.ts';
 
 /** A stand-in API server for events that answers only when told to, so writes can be held open. */
 async function eventsServer() {
@@ -36,11 +38,11 @@ async function eventsServer() {
     get maxOpen() {
       return maxOpen;
     },
-    /** Answers every held write 201 with its own body. */
-    answerAll() {
+    /** Answers every held write `status` (201) with `body` (its own). */
+    answerAll(status = 201, body?: object) {
       for (const write of held.splice(0)) {
         open--;
-        write.response.writeHead(201, { 'content-type': 'application/json' }).end(JSON.stringify(write.body));
+        write.response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body ?? write.body));
       }
     },
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
@@ -141,5 +143,26 @@ describe('EventRecorder', () => {
     expect(repeat?.request.headers['content-type']).toBe('application/merge-patch+json');
     expect(repeat?.body).toMatchObject({ count: 2 });
     expect(repeat?.request.url).toMatch(/^\/api\/v1\/namespaces\/ops\/events\/agent\.[0-9a-f]{16}$/);
+  });
+});
+
+describe('kubeJson', () => {
+  it('refuses with an error that says the status and the Status message, nothing more', async () => {
+    const server = await eventsServer();
+    servers.push(server);
+    const call = kubeJson(server.kubeConfig, {
+      method: 'PATCH',
+      path: '/apis/apps/v1/namespaces/default/deployments/web',
+      body: [{ op: 'test', path: '/spec/replicas', value: 1 }],
+      contentType: 'application/json-patch+json',
+      timeoutMs: 5_000,
+    });
+    await until(() => server.held.length === 1);
+    server.answerAll(422, { kind: 'Status', status: 'Failure', message: 'the server rejected our request', code: 422 });
+    const error: unknown = await call.catch((refusal: unknown) => refusal);
+    expect(error).toBeInstanceOf(KubeApiError);
+    expect(describeError(error)).toBe('HTTP 422: the server rejected our request');
+    expect(statusCode(error)).toBe(422);
+    expect(isStale(error)).toBe(true);
   });
 });

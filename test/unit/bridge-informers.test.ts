@@ -1,9 +1,9 @@
 import { KubeConfig, type KubernetesObject, type makeInformer } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { WorkloadInformer } from '../../bridge/informers.ts';
-import type { WorkloadApi } from '../../bridge/kube.ts';
-import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
+import type { WorkloadApi } from '../../bridge/kube/api.ts';
+import { WorkloadInformer } from '../../bridge/kube/informers.ts';
+import { bridgeMetrics, metricValue, type BridgeMetrics } from '../../bridge/metrics.ts';
 import type { Workload } from '../../bridge/workload.ts';
 
 type Callback = (argument?: unknown) => void;
@@ -104,13 +104,13 @@ afterEach(async () => {
   vi.useRealTimers();
 });
 
-const restarts = (reason: string) => metrics.watchRestarts.get({ kind: 'Deployment', reason });
+const restarts = (reason: string) => metricValue(metrics.watchRestarts, { kind: 'Deployment', reason });
 
 describe('workload informer', () => {
   it('is synced once the first list is in, and forwards changes', async () => {
     await informer.start();
     expect(informer.synced).toBe(true);
-    expect(metrics.informerSynced.get({ kind: 'Deployment' })).toBe(1);
+    expect(await metricValue(metrics.informerSynced, { kind: 'Deployment' })).toBe(1);
     const object = { metadata: { name: 'web', namespace: 'default' } };
     created[0]!.objects.set('default/web', object);
     created[0]!.emit('add', object);
@@ -131,14 +131,14 @@ describe('workload informer', () => {
     vi.spyOn(Math, 'random').mockReturnValue(0.999_999);
     watch.emit('error', Object.assign(new Error('terminated'), { name: 'TypeError' }));
     expect(informer.synced).toBe(false);
-    expect(restarts('error')).toBe(1);
+    expect(await restarts('error')).toBe(1);
 
     // Backoff with jitter, here at its longest: 1 s, 2 s, then 4 s (the cap).
     await vi.advanceTimersByTimeAsync(999);
     expect(watch.starts).toBe(1);
     await vi.advanceTimersByTimeAsync(1);
     expect(watch.starts).toBe(2);
-    expect(restarts('error')).toBe(2);
+    expect(await restarts('error')).toBe(2);
     await vi.advanceTimersByTimeAsync(2_000);
     expect(watch.starts).toBe(3);
     await vi.advanceTimersByTimeAsync(4_000);
@@ -168,11 +168,11 @@ describe('workload informer', () => {
     await vi.advanceTimersByTimeAsync(9_000);
     expect(created).toHaveLength(1);
     await vi.advanceTimersByTimeAsync(3_000);
-    expect(restarts('silent')).toBe(1);
+    expect(await restarts('silent')).toBe(1);
     expect(created).toHaveLength(2);
     expect(old.stopped).toBe(true);
     // The old informer's abort "error" and late events change nothing.
-    expect(restarts('error')).toBe(0);
+    expect(await restarts('error')).toBe(0);
     old.emit('add', { metadata: { name: 'ghost', namespace: 'default' } });
     expect(changes).toEqual([]);
     expect(informer.synced).toBe(true);
@@ -185,7 +185,7 @@ describe('workload informer', () => {
     void informer.start();
     await vi.advanceTimersByTimeAsync(12_500);
     expect(informer.synced).toBe(false);
-    expect(restarts('silent')).toBe(1);
+    expect(await restarts('silent')).toBe(1);
     next = {};
     created[1]!.nextStart = 'sync';
     await vi.advanceTimersByTimeAsync(12_500);
@@ -201,6 +201,6 @@ describe('workload informer', () => {
     await vi.advanceTimersByTimeAsync(60_000);
     expect(created).toHaveLength(1);
     expect(created[0]!.starts).toBe(1);
-    expect(restarts('error') + restarts('silent')).toBe(0);
+    expect((await restarts('error')) + (await restarts('silent'))).toBe(0);
   });
 });

@@ -1,13 +1,12 @@
-import { ApiException } from '@kubernetes/client-node';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
-import type { EventSink, EventType, InvolvedObject } from '../../bridge/events.ts';
-import { ImageLedger } from '../../bridge/image-ledger.ts';
-import type { WorkloadApi } from '../../bridge/kube.ts';
-import { bridgeMetrics, type BridgeMetrics } from '../../bridge/metrics.ts';
-import type { JsonPatchOperation } from '../../bridge/patch.ts';
-import { Reconciler, StaleWorkloadError } from '../../bridge/reconciler.ts';
+import { ImageLedger } from '../../bridge/function/image-ledger.ts';
+import { KubeApiError, type WorkloadApi } from '../../bridge/kube/api.ts';
+import type { EventSink, EventType, InvolvedObject } from '../../bridge/kube/events.ts';
+import { bridgeMetrics, metricValue, type BridgeMetrics } from '../../bridge/metrics.ts';
+import type { JsonPatchOperation } from '../../bridge/reconcile/patch.ts';
+import { Reconciler, StaleWorkloadError } from '../../bridge/reconcile/reconciler.ts';
 import { FINALIZER, type Workload, type WorkloadKind } from '../../bridge/workload.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 
@@ -136,20 +135,15 @@ describe('reconciler', () => {
       'Deployment reconciler: reconciliation successfully finished',
     ]);
     expect(logs[1]).toMatchObject({ image: 'nginx:1.27', target: NGINX_TARGET, digest: DIGEST });
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'applied' })).toBe(1);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'applied' })).toBe(1);
   });
 
   it('turns a refused patch (the object changed) into a retry that reads the object from the API server', async () => {
     ledger.succeed(NGINX, NGINX_TARGET, DIGEST);
     cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
-    apis.Deployment.patchError = new ApiException(
-      422,
-      'Unprocessable Entity',
-      { message: 'the server rejected our request' },
-      {},
-    );
+    apis.Deployment.patchError = new KubeApiError(422, 'the server rejected our request');
     await expect(reconciler.reconcile('Deployment/default/web')).rejects.toBeInstanceOf(StaleWorkloadError);
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'conflict' })).toBe(1);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'conflict' })).toBe(1);
     expect(events).toEqual([]);
 
     // The cache still holds the old object; the server has the new one (someone changed the image).
@@ -178,7 +172,7 @@ describe('reconciler', () => {
     expect(await reconciler.reconcile('Deployment/default/web')).toEqual({});
     expect(apis.Deployment.reads).toBe(1);
     expect(apis.Deployment.patches).toHaveLength(1);
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'conflict' })).toBe(0);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'conflict' })).toBe(0);
     // Once is enough: later reconciles use the cache again.
     await reconciler.reconcile('Deployment/default/web');
     expect(apis.Deployment.reads).toBe(1);
@@ -187,23 +181,23 @@ describe('reconciler', () => {
   it('treats 409 like 422 and other errors as plain failures', async () => {
     ledger.succeed(NGINX, NGINX_TARGET, DIGEST);
     cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
-    apis.Deployment.patchError = new ApiException(409, 'Conflict', {}, {});
+    apis.Deployment.patchError = new KubeApiError(409, 'Conflict');
     await expect(reconciler.reconcile('Deployment/default/web')).rejects.toBeInstanceOf(StaleWorkloadError);
     apis.Deployment.stored = workload('default', 'nginx:1.27');
-    apis.Deployment.patchError = new ApiException(500, 'Internal', {}, {});
+    apis.Deployment.patchError = new KubeApiError(500, 'Internal');
     const failure = reconciler.reconcile('Deployment/default/web');
-    await expect(failure).rejects.toBeInstanceOf(ApiException);
+    await expect(failure).rejects.toBeInstanceOf(KubeApiError);
     await expect(failure).rejects.not.toBeInstanceOf(StaleWorkloadError);
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'error' })).toBe(1);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'error' })).toBe(1);
   });
 
   it('is done with a workload that is gone, from the cache or under its patch', async () => {
     expect(await reconciler.reconcile('Deployment/default/missing')).toEqual({});
     ledger.succeed(NGINX, NGINX_TARGET, DIGEST);
     cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
-    apis.Deployment.patchError = new ApiException(404, 'Not Found', {}, {});
+    apis.Deployment.patchError = new KubeApiError(404, 'Not Found');
     expect(await reconciler.reconcile('Deployment/default/web')).toEqual({});
-    expect(metrics.patches.get({ kind: 'Deployment', result: 'gone' })).toBe(1);
+    expect(await metricValue(metrics.patches, { kind: 'Deployment', result: 'gone' })).toBe(1);
     expect(messages()).not.toContain('Deployment reconciler: reconciliation successfully finished');
   });
 

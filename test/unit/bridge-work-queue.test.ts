@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { WorkQueue, type Handler, type Outcome, type Scheduler } from '../../bridge/work-queue.ts';
+import { WorkQueue, type Handler, type Outcome, type Scheduler } from '../../bridge/reconcile/work-queue.ts';
 
 /** A clock that only moves when told to; timers fire in time order as it passes them. */
 class ManualScheduler implements Scheduler {

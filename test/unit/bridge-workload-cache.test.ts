@@ -6,9 +6,9 @@ import {
   type KubernetesObject,
 } from '@kubernetes/client-node';
 import { describe, expect, it, vi } from 'vitest';
-import { decide } from '../../bridge/decide.ts';
-import { reuseConnections } from '../../bridge/kube-connections.ts';
-import { listInPages, slimWorkload } from '../../bridge/workload-cache.ts';
+import { reuseConnections } from '../../bridge/kube/connections.ts';
+import { listInPages, slimWorkload } from '../../bridge/kube/workload-cache.ts';
+import { decide } from '../../bridge/reconcile/decide.ts';
 import { FINALIZER, OPT_OUT_ANNOTATION } from '../../bridge/workload.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 

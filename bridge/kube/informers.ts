@@ -6,10 +6,12 @@
 
 import type { Informer, KubeConfig, KubernetesObject, makeInformer, ObjectCache } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { describeError, statusCode, type WorkloadApi } from './kube.ts';
-import type { BridgeMetrics } from './metrics.ts';
+import { equalJitterDelay, type BackoffBounds } from '../../lib/backoff.ts';
+import { describeError } from '../../lib/errors.ts';
+import type { BridgeMetrics } from '../metrics.ts';
+import type { Workload, WorkloadKind } from '../workload.ts';
+import { statusCode, type WorkloadApi } from './api.ts';
 import { LIST_PAGE_SIZE, listInPages, makeSlimInformer } from './workload-cache.ts';
-import type { Workload, WorkloadKind } from './workload.ts';
 
 export type ChangeType = 'add' | 'update' | 'delete';
 
@@ -39,8 +41,7 @@ export class WorkloadInformer {
   readonly kind: WorkloadKind;
   readonly #options: WorkloadInformerOptions;
   readonly #watchdogMs: number;
-  readonly #restartBaseMs: number;
-  readonly #restartMaxMs: number;
+  readonly #restartBackoff: BackoffBounds;
   #informer: CachedInformer | undefined;
   /** Bumped whenever the informer is replaced or stopped: callbacks of older ones are ignored. */
   #generation = 0;
@@ -56,8 +57,7 @@ export class WorkloadInformer {
     this.kind = options.api.kind;
     this.#options = options;
     this.#watchdogMs = options.watchdogMs ?? 120_000;
-    this.#restartBaseMs = options.restartBaseMs ?? 1_000;
-    this.#restartMaxMs = options.restartMaxMs ?? 30_000;
+    this.#restartBackoff = { baseMs: options.restartBaseMs ?? 1_000, maxMs: options.restartMaxMs ?? 30_000 };
   }
 
   /** Starts listing and watching; resolves once the first list is in the cache (or on stop). */
@@ -157,8 +157,7 @@ export class WorkloadInformer {
     if (this.#restartTimer !== undefined) return;
     this.#setSynced(false);
     this.#consecutiveFailures++;
-    const exponential = Math.min(this.#restartBaseMs * 2 ** Math.min(this.#consecutiveFailures - 1, 20), this.#restartMaxMs);
-    const delay = Math.round(exponential / 2 + (Math.random() * exponential) / 2);
+    const delay = equalJitterDelay(this.#consecutiveFailures - 1, this.#restartBackoff);
     this.#options.metrics.watchRestarts.inc({ kind: this.kind, reason: 'error' });
     this.#options.logger.warn(
       { kind: this.kind, error: describeError(error), status: statusCode(error), retryInMs: delay },

@@ -4,18 +4,15 @@
 // attempt reads the object from the API server rather than from a possibly stale cache.
 
 import type { Logger } from 'pino';
-import type { CloneClient } from './clone-client.ts';
+import { describeError } from '../../lib/errors.ts';
+import type { CloneClient } from '../function/clone-client.ts';
+import type { ImageLedger } from '../function/image-ledger.ts';
+import { isStale, statusCode, type WorkloadApi } from '../kube/api.ts';
+import type { EventSink } from '../kube/events.ts';
+import type { BridgeMetrics } from '../metrics.ts';
+import { parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadReader, type WorkloadRef } from '../workload.ts';
 import { decide, type Decision, type DecisionContext } from './decide.ts';
-import type { EventSink } from './events.ts';
-import type { ImageLedger } from './image-ledger.ts';
-import { describeError, isStale, statusCode, type WorkloadApi } from './kube.ts';
-import type { BridgeMetrics } from './metrics.ts';
-import { parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadRef } from './workload.ts';
 import type { Outcome } from './work-queue.ts';
-
-export interface WorkloadReader {
-  get(kind: WorkloadKind, namespace: string, name: string): Workload | undefined;
-}
 
 export interface ReconcilerOptions {
   readonly apis: Readonly<Record<WorkloadKind, WorkloadApi>>;

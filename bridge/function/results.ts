@@ -1,21 +1,9 @@
-// Checks one result the clone function reported against the mapping the bridge computes itself:
-// the function is trusted to copy, never to say where a workload should point. Pure.
+// Checks the results the clone function reported: their shape against the contract, and each one
+// against the mapping the bridge computes itself: the function is trusted to copy, never to say
+// where a workload should point. Pure.
 
-import { z } from 'zod';
-import { backupReference, type BackupLocation } from '../functions/contract/index.ts';
-import { formatReference, parseReference, type ImageReference } from '../functions/contract/index.ts';
-
-export const cloneResultSchema = z.looseObject({
-  source: z.string().max(1024),
-  status: z.enum(['copied', 'exists', 'failed']),
-  target: z.string().max(1024).optional(),
-  digest: z.string().max(200).optional(),
-  error: z.string().optional(),
-  bytes: z.number().optional(),
-  ms: z.number().optional(),
-});
-
-export type CloneResult = z.infer<typeof cloneResultSchema>;
+import { backupReference, cloneResultSchema, type BackupLocation, type CloneResult } from '../../functions/contract/index.ts';
+import { formatReference, parseReference, type ImageReference } from '../../functions/contract/index.ts';
 
 export type ResultRejection = 'invalid_source' | 'invalid_digest' | 'digest_mismatch' | 'target_mismatch';
 
@@ -31,6 +19,16 @@ export type CheckedResult =
   | { readonly outcome: 'rejected'; readonly source: string; readonly reason: ResultRejection; readonly detail: string };
 
 const DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
+
+/** The entries of a results list that are results by the contract, and how many were not. */
+export function parseResults(entries: readonly unknown[]): { results: CloneResult[]; malformed: number } {
+  const results: CloneResult[] = [];
+  for (const entry of entries) {
+    const parsed = cloneResultSchema.safeParse(entry);
+    if (parsed.success) results.push(parsed.data);
+  }
+  return { results, malformed: entries.length - results.length };
+}
 
 /** Where the backup of `source` with manifest `digest` must be: `registry/repo:tag@digest`. */
 export function expectedTarget(source: ImageReference, digest: string, backup: BackupLocation): string {

@@ -5,9 +5,10 @@
 // that cannot renew within the renew deadline steps down before anyone may take over, because
 // the deadline is shorter than the duration.
 
-import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { describeError, statusCode, timeoutOptions } from './kube.ts';
+import { describeError } from '../../lib/errors.ts';
+import { kubeJson, statusCode, type KubeRequest } from './api.ts';
 
 export interface LeaderElectionOptions {
   readonly kubeConfig: KubeConfig;
@@ -23,8 +24,25 @@ export interface LeaderElectionOptions {
   readonly onStoppedLeading: () => void | Promise<void>;
 }
 
+/** The fields of a coordination.k8s.io/v1 Lease this protocol reads and writes; the rest is passed through. */
+interface Lease {
+  metadata?: { name?: string; namespace?: string; resourceVersion?: string };
+  spec?: {
+    holderIdentity?: string;
+    leaseDurationSeconds?: number;
+    /** MicroTime: RFC 3339 with microseconds. */
+    acquireTime?: string;
+    renewTime?: string;
+    leaseTransitions?: number;
+  };
+}
+
+/** A MicroTime as the API server writes it: RFC 3339 with six fractional digits. */
+function microTime(ms: number): string {
+  return new Date(ms).toISOString().replace(/Z$/, '000Z');
+}
+
 export class LeaderElector {
-  readonly #api: CoordinationV1Api;
   readonly #options: LeaderElectionOptions;
   readonly #leaseDurationMs: number;
   readonly #renewDeadlineMs: number;
@@ -37,7 +55,6 @@ export class LeaderElector {
   #loop: Promise<void> | undefined;
 
   constructor(options: LeaderElectionOptions) {
-    this.#api = options.kubeConfig.makeApiClient(CoordinationV1Api);
     this.#options = options;
     this.#leaseDurationMs = options.leaseDurationMs ?? 15_000;
     this.#renewDeadlineMs = options.renewDeadlineMs ?? 10_000;
@@ -94,37 +111,34 @@ export class LeaderElector {
     const { namespace, name, identity, logger } = this.#options;
     const now = Date.now();
     const durationSeconds = Math.ceil(this.#leaseDurationMs / 1000);
-    let lease: V1Lease;
+    let lease: Lease;
     try {
-      lease = await this.#api.readNamespacedLease({ namespace, name }, timeoutOptions(this.#renewDeadlineMs));
+      lease = await this.#call({ method: 'GET', path: this.#leasePath(), timeoutMs: this.#renewDeadlineMs });
     } catch (error) {
       if (statusCode(error) !== 404) {
         logger.debug({ lease: name, error: describeError(error) }, 'lease not readable');
         return false;
       }
-      try {
-        const created = await this.#api.createNamespacedLease(
-          {
-            namespace,
-            body: {
-              metadata: { name, namespace },
-              spec: {
-                holderIdentity: identity,
-                leaseDurationSeconds: durationSeconds,
-                acquireTime: new V1MicroTime(now),
-                renewTime: new V1MicroTime(now),
-                leaseTransitions: 0,
-              },
+      return this.#write(
+        {
+          method: 'POST',
+          path: this.#leasePath(false),
+          body: {
+            apiVersion: 'coordination.k8s.io/v1',
+            kind: 'Lease',
+            metadata: { name, namespace },
+            spec: {
+              holderIdentity: identity,
+              leaseDurationSeconds: durationSeconds,
+              acquireTime: microTime(now),
+              renewTime: microTime(now),
+              leaseTransitions: 0,
             },
           },
-          timeoutOptions(this.#renewDeadlineMs),
-        );
-        this.#observe(created, Date.now());
-        return true;
-      } catch (createError) {
-        logger.debug({ lease: name, error: describeError(createError) }, 'lease not created');
-        return false;
-      }
+          timeoutMs: this.#renewDeadlineMs,
+        },
+        'lease not created',
+      );
     }
 
     const spec = lease.spec ?? {};
@@ -135,39 +149,40 @@ export class LeaderElector {
     if (heldByOther && this.#observedAt + durationMs > now) return false;
 
     const renewing = holder === identity;
-    const updated: V1Lease = {
+    const updated: Lease = {
       ...lease,
       spec: {
         ...spec,
         holderIdentity: identity,
         leaseDurationSeconds: durationSeconds,
-        renewTime: new V1MicroTime(now),
-        acquireTime:
-          renewing && spec.acquireTime !== undefined
-            ? new V1MicroTime(new Date(spec.acquireTime).getTime())
-            : new V1MicroTime(now),
+        renewTime: microTime(now),
+        acquireTime: renewing && spec.acquireTime !== undefined ? spec.acquireTime : microTime(now),
         leaseTransitions: (spec.leaseTransitions ?? 0) + (renewing ? 0 : 1),
       },
     };
+    // The update carries the resourceVersion just read: if anyone wrote in between, it fails (409).
+    return this.#write(
+      { method: 'PUT', path: this.#leasePath(), body: updated, timeoutMs: this.#renewDeadlineMs },
+      'lease not updated',
+    );
+  }
+
+  /** Creates or replaces the lease; true when it is ours now. */
+  async #write(request: KubeRequest, failure: string): Promise<boolean> {
     try {
-      // The update carries the resourceVersion just read: if anyone wrote in between, it fails (409).
-      const replaced = await this.#api.replaceNamespacedLease(
-        { namespace, name, body: updated },
-        timeoutOptions(this.#renewDeadlineMs),
-      );
-      this.#observe(replaced, Date.now());
+      this.#observe(await this.#call(request), Date.now());
       return true;
     } catch (error) {
-      logger.debug({ lease: name, error: describeError(error) }, 'lease not updated');
+      this.#options.logger.debug({ lease: this.#options.name, error: describeError(error) }, failure);
       return false;
     }
   }
 
   /** Notes the lease's record; the local clock starts over whenever the record changes. */
-  #observe(lease: V1Lease, at: number): void {
+  #observe(lease: Lease, at: number): void {
     const record = {
       holder: lease.spec?.holderIdentity ?? '',
-      renewTime: String(lease.spec?.renewTime ?? ''),
+      renewTime: lease.spec?.renewTime ?? '',
       resourceVersion: lease.metadata?.resourceVersion ?? '',
     };
     const previous = this.#observed;
@@ -184,26 +199,35 @@ export class LeaderElector {
 
   /** Gives the lease up so that another replica need not wait for it to expire. */
   async #release(): Promise<void> {
-    const { namespace, name, identity, logger } = this.#options;
+    const { name, identity, logger } = this.#options;
     try {
-      const lease = await this.#api.readNamespacedLease({ namespace, name }, timeoutOptions(5_000));
+      const lease = await this.#call({ method: 'GET', path: this.#leasePath(), timeoutMs: 5_000 });
       if (lease.spec?.holderIdentity !== identity) return;
-      const now = new V1MicroTime(Date.now());
-      await this.#api.replaceNamespacedLease(
-        {
-          namespace,
-          name,
-          body: {
-            ...lease,
-            spec: { ...lease.spec, holderIdentity: '', leaseDurationSeconds: 1, renewTime: now, acquireTime: now },
-          },
+      const now = microTime(Date.now());
+      await this.#call({
+        method: 'PUT',
+        path: this.#leasePath(),
+        body: {
+          ...lease,
+          spec: { ...lease.spec, holderIdentity: '', leaseDurationSeconds: 1, renewTime: now, acquireTime: now },
         },
-        timeoutOptions(5_000),
-      );
+        timeoutMs: 5_000,
+      });
       logger.info({ lease: name, identity }, 'released the lease');
     } catch (error) {
       logger.warn({ lease: name, error: describeError(error) }, 'could not release the lease; it expires on its own');
     }
+  }
+
+  /** The lease's path, or with `named` false its collection's (where it is created). */
+  #leasePath(named = true): string {
+    const { namespace, name } = this.#options;
+    const collection = `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(namespace)}/leases`;
+    return named ? `${collection}/${encodeURIComponent(name)}` : collection;
+  }
+
+  #call(request: KubeRequest): Promise<Lease> {
+    return kubeJson<Lease>(this.#options.kubeConfig, request);
   }
 
   #jittered(ms: number): number {

@@ -9,12 +9,19 @@
 // copy keeps the connection busy, and feeds each result to the same intake as it arrives.
 
 import type { Logger } from 'pino';
-import { z } from 'zod';
+import {
+  acceptedSchema,
+  cloneEventSchema,
+  DEFAULT_MAX_IMAGES_PER_REQUEST,
+  resultsAnswerSchema,
+} from '../../functions/contract/index.ts';
+import { describeError } from '../../lib/errors.ts';
+import { Semaphore } from '../../lib/semaphore.ts';
+import type { BridgeMetrics } from '../metrics.ts';
+import { parseWorkloadKey } from '../workload.ts';
 import type { ImageLedger } from './image-ledger.ts';
 import type { ResultIntake } from './intake.ts';
-import type { BridgeMetrics } from './metrics.ts';
-import { cloneResultSchema, type CloneResult } from './results.ts';
-import { parseWorkloadKey } from './workload.ts';
+import { parseResults } from './results.ts';
 
 export interface CloneClientOptions {
   /** Base URL of the function; requests go to `${functionUrl}/clone`. */
@@ -48,16 +55,6 @@ export interface CloneRequestOutcome {
 const ACCEPT_TIMEOUT_MS = 30_000;
 const MAX_LINE_CHARS = 4 * 1024 * 1024;
 
-const acceptedSchema = z.looseObject({ job: z.string() });
-const resultsSchema = z.looseObject({ results: z.array(z.unknown()) });
-const streamLineSchema = z.discriminatedUnion('type', [
-  z.looseObject({ type: z.literal('result'), result: z.unknown() }),
-  z.looseObject({ type: z.literal('done'), results: z.array(z.unknown()) }),
-  z.looseObject({ type: z.literal('error'), error: z.string().optional() }),
-  z.looseObject({ type: z.literal('image') }),
-  z.looseObject({ type: z.literal('blob') }),
-]);
-
 export class CloneClient {
   readonly #options: CloneClientOptions;
   readonly #fetch: typeof fetch;
@@ -65,15 +62,15 @@ export class CloneClient {
   readonly #maxImages: number;
   readonly #requests = new Set<Promise<void>>();
   readonly #maxConcurrent: number;
-  #open = 0;
-  readonly #waiting: (() => void)[] = [];
+  readonly #slots: Semaphore;
 
   constructor(options: CloneClientOptions) {
     this.#options = options;
     this.#fetch = options.fetch ?? fetch;
     this.#now = options.now ?? Date.now;
-    this.#maxImages = options.maxImagesPerRequest ?? 50;
+    this.#maxImages = options.maxImagesPerRequest ?? DEFAULT_MAX_IMAGES_PER_REQUEST;
     this.#maxConcurrent = options.maxConcurrentRequests ?? 16;
+    this.#slots = new Semaphore(this.#maxConcurrent);
   }
 
   get mode(): 'callback' | 'synchronous' {
@@ -124,22 +121,15 @@ export class CloneClient {
   }
 
   async #post(key: string, images: readonly string[]): Promise<void> {
-    if (this.#open < this.#maxConcurrent) {
-      this.#open++;
-    } else {
-      // A finishing request hands its slot over directly, so none is taken twice.
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
-      // Time spent waiting here is not the copy's: its deadline starts when it is sent.
-      const until = this.#now() + this.#options.cloneTimeoutMs;
-      for (const image of images) this.#options.ledger.begin(image, until);
-    }
-    try {
+    const queued = this.#slots.used >= this.#maxConcurrent;
+    await this.#slots.run(async () => {
+      if (queued) {
+        // Time spent waiting for a slot is not the copy's: its deadline starts when it is sent.
+        const until = this.#now() + this.#options.cloneTimeoutMs;
+        for (const image of images) this.#options.ledger.begin(image, until);
+      }
       await this.#send(key, images);
-    } finally {
-      const next = this.#waiting.shift();
-      if (next !== undefined) next();
-      else this.#open--;
-    }
+    });
   }
 
   async #send(key: string, images: readonly string[]): Promise<void> {
@@ -188,22 +178,15 @@ export class CloneClient {
         throw new Error(`the clone function answered HTTP ${response.status}${text ? `: ${text}` : ''}`);
       }
       metrics.cloneRequests.inc({ result: 'accepted' });
-      const accept = (results: readonly unknown[]) => {
-        const parsed: CloneResult[] = [];
-        for (const result of results) {
-          const checked = cloneResultSchema.safeParse(result);
-          if (!checked.success) {
-            metrics.callbackRejections.inc({ reason: 'malformed_result' });
-            continue;
-          }
-          if (settled.has(checked.data.source)) continue;
-          parsed.push(checked.data);
-        }
-        for (const source of intake.accept(parsed, [key]).settled) settled.add(source);
+      const accept = (entries: readonly unknown[]) => {
+        const { results, malformed } = parseResults(entries);
+        if (malformed > 0) metrics.callbackRejections.inc({ reason: 'malformed_result' }, malformed);
+        const fresh = results.filter((result) => !settled.has(result.source));
+        for (const source of intake.accept(fresh, [key]).settled) settled.add(source);
       };
       if ((response.headers.get('content-type') ?? '').includes('ndjson')) {
         await readLines(response, (line) => {
-          const parsed = streamLineSchema.safeParse(JSON.parse(line));
+          const parsed = cloneEventSchema.safeParse(JSON.parse(line));
           if (!parsed.success) return;
           const event = parsed.data;
           if (event.type === 'result') accept([event.result]);
@@ -211,7 +194,7 @@ export class CloneClient {
           else if (event.type === 'error') throw new Error(`the clone function reported: ${event.error ?? 'an error'}`);
         });
       } else {
-        const parsed = resultsSchema.safeParse(await response.json());
+        const parsed = resultsAnswerSchema.safeParse(await response.json());
         if (!parsed.success) throw new Error('the clone function answered without results');
         accept(parsed.data.results);
       }
@@ -220,8 +203,7 @@ export class CloneClient {
       logger.debug({ images: images.length, ms: this.#now() - started }, 'clone request answered');
     } catch (error) {
       metrics.cloneRequests.inc({ result: 'failed' });
-      const message =
-        error instanceof Error ? `${error.name === 'Error' ? '' : `${error.name}: `}${error.message}` : String(error);
+      const message = describeError(error);
       const unsettled = images.filter((image) => !settled.has(image));
       logger.warn(
         { error: message, images: unsettled.length, kind: workload?.kind, namespace: workload?.namespace, name: workload?.name },

@@ -4,16 +4,17 @@
 
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { CloneClient } from './clone-client.ts';
+import { describeError } from '../../lib/errors.ts';
+import type { CloneClient } from '../function/clone-client.ts';
+import type { ImageLedger } from '../function/image-ledger.ts';
+import type { WorkloadApi } from '../kube/api.ts';
+import type { EventSink } from '../kube/events.ts';
+import { WorkloadInformer, type WorkloadInformerOptions } from '../kube/informers.ts';
+import type { BridgeMetrics } from '../metrics.ts';
+import { WORKLOAD_KINDS, keyOf, parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadReader } from '../workload.ts';
 import type { DecisionContext } from './decide.ts';
-import type { EventSink } from './events.ts';
-import type { ImageLedger } from './image-ledger.ts';
-import { WorkloadInformer, type WorkloadInformerOptions } from './informers.ts';
-import { describeError, type WorkloadApi } from './kube.ts';
-import type { BridgeMetrics } from './metrics.ts';
 import { Reconciler, StaleWorkloadError } from './reconciler.ts';
 import { WorkQueue, type WorkQueueOptions } from './work-queue.ts';
-import { WORKLOAD_KINDS, keyOf, parseWorkloadKey, type Workload, type WorkloadKind } from './workload.ts';
 
 export interface ControllerOptions {
   readonly kubeConfig: KubeConfig;
@@ -30,8 +31,8 @@ export interface ControllerOptions {
   readonly queue?: Pick<WorkQueueOptions, 'baseDelayMs' | 'maxDelayMs'>;
 }
 
-export class Controller {
-  readonly informers: Readonly<Record<WorkloadKind, WorkloadInformer>>;
+export class Controller implements WorkloadReader {
+  readonly #informers: Readonly<Record<WorkloadKind, WorkloadInformer>>;
   readonly queue: WorkQueue;
   readonly #options: ControllerOptions;
   #resyncTimer: NodeJS.Timeout | undefined;
@@ -53,10 +54,10 @@ export class Controller {
           if (key !== undefined) this.queue.add(key, { urgent: true });
         },
       });
-    this.informers = { Deployment: informer('Deployment'), DaemonSet: informer('DaemonSet') };
+    this.#informers = { Deployment: informer('Deployment'), DaemonSet: informer('DaemonSet') };
     const reconciler = new Reconciler({
       apis: options.apis,
-      cache: { get: (kind, namespace, name) => this.informers[kind].get(namespace, name) },
+      cache: this,
       decision: options.decision,
       ledger: options.ledger,
       cloneClient: options.cloneClient,
@@ -74,27 +75,34 @@ export class Controller {
         else
           logger.warn({ ...fields, error: describeError(error) }, `${ref?.kind ?? 'workload'} reconciler: reconciliation failed`);
       },
-      onComplete: (key, completion) => {
-        metrics.reconciles.inc({ kind: parseWorkloadKey(key)?.kind ?? 'unknown', result: completion });
+      onComplete: (key, completion, ms) => {
+        const kind = parseWorkloadKey(key)?.kind ?? 'unknown';
+        metrics.reconciles.inc({ kind, result: completion });
+        metrics.reconcileDuration.observe({ kind }, ms / 1000);
       },
     });
   }
 
   /** Lists and watches both kinds, then starts the workers; resolves once both caches are filled. */
   async start(): Promise<void> {
-    await Promise.all(WORKLOAD_KINDS.map((kind) => this.informers[kind].start()));
+    await Promise.all(WORKLOAD_KINDS.map((kind) => this.#informers[kind].start()));
     if (this.#stopped) return;
     this.queue.start();
     this.#resyncTimer = setInterval(() => this.resync(), this.#options.resyncMs);
     this.#resyncTimer.unref();
     this.#options.logger.info(
-      { deployments: this.informers.Deployment.list().length, daemonsets: this.informers.DaemonSet.list().length },
+      { deployments: this.#informers.Deployment.list().length, daemonsets: this.#informers.DaemonSet.list().length },
       'watching workloads',
     );
   }
 
   get synced(): boolean {
-    return WORKLOAD_KINDS.every((kind) => this.informers[kind].synced);
+    return WORKLOAD_KINDS.every((kind) => this.#informers[kind].synced);
+  }
+
+  /** A workload as the informers' cache holds it. */
+  get(kind: WorkloadKind, namespace: string, name: string): Workload | undefined {
+    return this.#informers[kind].get(namespace, name);
   }
 
   enqueue(key: string): void {
@@ -105,7 +113,7 @@ export class Controller {
   resync(): void {
     this.#options.ledger.prune();
     for (const kind of WORKLOAD_KINDS) {
-      for (const workload of this.informers[kind].list()) {
+      for (const workload of this.#informers[kind].list()) {
         const key = keyOf(kind, workload);
         if (key !== undefined) this.queue.add(key);
       }
@@ -115,7 +123,7 @@ export class Controller {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#resyncTimer);
-    await Promise.all(WORKLOAD_KINDS.map((kind) => this.informers[kind].stop()));
+    await Promise.all(WORKLOAD_KINDS.map((kind) => this.#informers[kind].stop()));
     await this.queue.shutdown();
   }
 }

@@ -1,22 +1,18 @@
-// The thin layer over client-node: where the cluster is, and the four calls the bridge makes on a
-// workload kind (list, read, patch, and the watch path its informer uses).
+// The thin layer over client-node: where the cluster is, one plain JSON call with its credentials,
+// and the four calls the bridge makes on a workload kind (list, read, patch, and the watch path
+// its informer uses).
 
 import {
-  ApiException,
   HttpMethod,
   KubeConfig,
-  Observable,
   RequestContext,
-  type ConfigurationOptions,
   type KubernetesListObject,
   type KubernetesObject,
-  type ObservableMiddleware,
-  type ResponseContext,
 } from '@kubernetes/client-node';
 import { delimiter } from 'node:path';
 import { request } from 'undici';
-import type { JsonPatchOperation } from './patch.ts';
-import type { Workload, WorkloadKind } from './workload.ts';
+import type { JsonPatchOperation } from '../reconcile/patch.ts';
+import type { Workload, WorkloadKind } from '../workload.ts';
 
 /** A kubeconfig path (or list, as in $KUBECONFIG), or the pod's ServiceAccount when undefined. */
 export function loadKubeConfig(kubeconfig: string | undefined): KubeConfig {
@@ -33,21 +29,6 @@ export function loadKubeConfig(kubeconfig: string | undefined): KubeConfig {
     config.mergeConfig(other, true);
   }
   return config;
-}
-
-/**
- * Aborts a request after `ms`. client-node 2.x sets no timeout of its own on API calls (undici's
- * defaults are minutes), and a list that hangs would hold an informer's start forever.
- */
-export function timeoutOptions(ms: number, options?: ConfigurationOptions): ConfigurationOptions {
-  const middleware: ObservableMiddleware = {
-    pre: (request: RequestContext) => {
-      request.setSignal(AbortSignal.timeout(ms));
-      return new Observable(Promise.resolve(request));
-    },
-    post: (response: ResponseContext) => new Observable(Promise.resolve(response)),
-  };
-  return { ...options, middleware: [...(options?.middleware ?? []), middleware], middlewareMergeStrategy: 'append' };
 }
 
 export interface WorkloadApi {
@@ -69,7 +50,7 @@ export interface ListPageOptions {
 export const API_TIMEOUT_MS = 60_000;
 
 export interface KubeRequest {
-  readonly method: 'GET' | 'POST' | 'PATCH';
+  readonly method: 'GET' | 'POST' | 'PUT' | 'PATCH';
   /** Path and query, e.g. /apis/apps/v1/deployments?limit=500. */
   readonly path: string;
   readonly body?: unknown;
@@ -78,14 +59,39 @@ export interface KubeRequest {
   readonly timeoutMs: number;
 }
 
-const HTTP_METHODS = { GET: HttpMethod.GET, POST: HttpMethod.POST, PATCH: HttpMethod.PATCH } as const;
+const HTTP_METHODS = { GET: HttpMethod.GET, POST: HttpMethod.POST, PUT: HttpMethod.PUT, PATCH: HttpMethod.PATCH } as const;
+
+/**
+ * A call the API server refused. The message is the short form a log line or an Event needs
+ * ("HTTP 422: <the Status message>"), not the headers and body client-node's ApiException carries.
+ */
+export class KubeApiError extends Error {
+  readonly statusCode: number;
+
+  constructor(statusCode: number, statusMessage: string | undefined) {
+    super(`HTTP ${statusCode}${statusMessage ? `: ${statusMessage.slice(0, 500)}` : ''}`);
+    this.name = 'KubeApiError';
+    this.statusCode = statusCode;
+  }
+}
+
+/** The message of a Status answer, or the text of an answer that is not one. */
+function statusMessage(text: string): string | undefined {
+  let status: unknown;
+  try {
+    status = JSON.parse(text);
+  } catch {
+    return text;
+  }
+  const message = (status as { message?: unknown } | null)?.message;
+  return typeof message === 'string' ? message : undefined;
+}
 
 /**
  * One call to the API server with the kubeconfig's credentials and connection, answered as plain
  * JSON. The generated client deserialises every answer into model classes (and serialises every
  * body from them), which costs more CPU and garbage than the call itself when the bridge patches
- * thousands of workloads and reads a handful of fields. A refusal throws client-node's
- * ApiException, as the generated client does, so statusCode() and describeError() apply.
+ * thousands of workloads and reads a handful of fields. A refusal throws a KubeApiError.
  */
 export async function kubeJson<T>(config: KubeConfig, call: KubeRequest): Promise<T> {
   const cluster = config.getCurrentCluster();
@@ -105,15 +111,7 @@ export async function kubeJson<T>(config: KubeConfig, call: KubeRequest): Promis
     signal: AbortSignal.timeout(call.timeoutMs),
   });
   const text = await response.body.text();
-  if (response.statusCode < 200 || response.statusCode > 299) {
-    let body: unknown = text;
-    try {
-      body = JSON.parse(text);
-    } catch {
-      // not a Status: keep the text
-    }
-    throw new ApiException(response.statusCode, `HTTP ${response.statusCode}`, body, response.headers as Record<string, string>);
-  }
+  if (response.statusCode < 200 || response.statusCode > 299) throw new KubeApiError(response.statusCode, statusMessage(text));
   return JSON.parse(text) as T;
 }
 
@@ -167,9 +165,8 @@ async function notFoundAsUndefined<T>(request: Promise<T>): Promise<T | undefine
   }
 }
 
-/** The HTTP status of a failed API call or watch, when there was one. */
+/** The HTTP status of a failed API call (a KubeApiError) or watch, when there was one. */
 export function statusCode(error: unknown): number | undefined {
-  if (error instanceof ApiException) return error.code;
   const code = (error as { statusCode?: unknown; code?: unknown } | undefined)?.statusCode;
   return typeof code === 'number' ? code : undefined;
 }
@@ -181,27 +178,4 @@ export function statusCode(error: unknown): number | undefined {
 export function isStale(error: unknown): boolean {
   const code = statusCode(error);
   return code === 409 || code === 422;
-}
-
-/**
- * A short, log-safe description. ApiException's own message embeds every response header and
- * the whole body; the Status message is what a human needs.
- */
-export function describeError(error: unknown): string {
-  if (error instanceof ApiException) {
-    const body = error.body as { message?: unknown; reason?: unknown } | string | undefined;
-    let message: string | undefined;
-    if (typeof body === 'string') {
-      try {
-        message = String((JSON.parse(body) as { message?: unknown }).message ?? body);
-      } catch {
-        message = body;
-      }
-    } else if (body !== undefined && body !== null && typeof body.message === 'string') {
-      message = body.message;
-    }
-    return `HTTP ${error.code}${message ? `: ${message.slice(0, 500)}` : ''}`;
-  }
-  if (error instanceof Error) return `${error.name === 'Error' ? '' : `${error.name}: `}${error.message}`.slice(0, 500);
-  return String(error).slice(0, 500);
 }

@@ -10,8 +10,9 @@
 import type { KubeConfig } from '@kubernetes/client-node';
 import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { describeError, kubeJson } from './kube.ts';
-import type { WorkloadKind } from './workload.ts';
+import { describeError } from '../../lib/errors.ts';
+import type { WorkloadKind } from '../workload.ts';
+import { kubeJson } from './api.ts';
 
 export const EVENT_COMPONENT = 'image-clone-controller';
 const WRITE_TIMEOUT_MS = 10_000;
@@ -53,6 +54,13 @@ interface Tracked {
   readonly until: number;
 }
 
+interface PendingEvent {
+  readonly object: InvolvedObject;
+  readonly type: EventType;
+  readonly reason: string;
+  readonly message: string;
+}
+
 export class EventRecorder implements EventSink {
   readonly #kubeConfig: KubeConfig;
   readonly #logger: Logger;
@@ -60,12 +68,14 @@ export class EventRecorder implements EventSink {
   readonly #aggregateMs: number;
   readonly #maxTracked: number;
   readonly #tracked = new Map<string, Tracked>();
-  readonly #pending = new Set<Promise<void>>();
   readonly #maxConcurrentWrites: number;
   readonly #maxQueued: number;
   readonly #onDropped: (() => void) | undefined;
-  #writing = 0;
-  readonly #waiting: { readonly type: EventType; readonly start: (granted: boolean) => void }[] = [];
+  /** Events waiting for a writer, oldest first. */
+  readonly #queue: PendingEvent[] = [];
+  /** Writers draining the queue; at most maxConcurrentWrites, and the queue is empty while fewer. */
+  #writers = 0;
+  readonly #draining = new Set<Promise<void>>();
   #dropped = 0;
 
   constructor(options: EventRecorderOptions) {
@@ -85,58 +95,51 @@ export class EventRecorder implements EventSink {
   }
 
   record(object: InvolvedObject, type: EventType, reason: string, message: string): void {
-    const slot = this.#acquire(type);
-    if (slot === undefined) {
+    const writerFree = this.#writers < this.#maxConcurrentWrites;
+    if (!writerFree && this.#queue.length >= this.#maxQueued && !this.#makeRoomFor(type)) {
       this.#noteDropped();
       return;
     }
-    const write = slot.then(async (granted) => {
-      if (!granted) return; // a Warning took its place in the queue
+    this.#queue.push({ object, type, reason, message: message.slice(0, 1024) });
+    if (writerFree) this.#startWriter();
+  }
+
+  /** Waits for events being written and waiting (used on shutdown and by tests). */
+  async flush(): Promise<void> {
+    await Promise.all([...this.#draining]);
+  }
+
+  /** A Warning takes the place of the oldest waiting Normal event: failures matter more than successes. */
+  #makeRoomFor(type: EventType): boolean {
+    const normal = type === 'Warning' ? this.#queue.findIndex((waiting) => waiting.type === 'Normal') : -1;
+    if (normal === -1) return false;
+    this.#queue.splice(normal, 1);
+    this.#noteDropped();
+    return true;
+  }
+
+  #startWriter(): void {
+    this.#writers++;
+    const drain = this.#drain();
+    this.#draining.add(drain);
+    void drain.finally(() => this.#draining.delete(drain));
+  }
+
+  /** Writes queued events one after another until none is left; never rejects. */
+  async #drain(): Promise<void> {
+    for (let next = this.#queue.shift(); next !== undefined; next = this.#queue.shift()) {
+      const { object, type, reason, message } = next;
       try {
-        await this.#write(object, type, reason, message.slice(0, 1024));
+        await this.#write(object, type, reason, message);
       } catch (error) {
         this.#logger.debug(
           { kind: object.kind, namespace: object.namespace, name: object.name, reason, error: describeError(error) },
           'event not recorded',
         );
-      } finally {
-        this.#release();
       }
-    });
-    this.#pending.add(write);
-    void write.finally(() => this.#pending.delete(write));
-  }
-
-  /** Waits for events being written (used on shutdown and by tests). */
-  async flush(): Promise<void> {
-    await Promise.all([...this.#pending]);
-  }
-
-  /**
-   * A write slot: at once while fewer than maxConcurrentWrites are being written, else a place in
-   * the queue (resolving true when a finishing write hands its slot over, false when a Warning
-   * took the place). Undefined when the queue is full: a Warning then takes the place of the
-   * oldest waiting Normal event, if there is one, since failures matter more than successes.
-   */
-  #acquire(type: EventType): Promise<boolean> | undefined {
-    if (this.#writing < this.#maxConcurrentWrites) {
-      this.#writing++;
-      return Promise.resolve(true);
     }
-    if (this.#waiting.length >= this.#maxQueued) {
-      const normal = type === 'Warning' ? this.#waiting.findIndex((waiting) => waiting.type === 'Normal') : -1;
-      if (normal === -1) return undefined;
-      const [evicted] = this.#waiting.splice(normal, 1);
-      evicted!.start(false);
-      this.#noteDropped();
-    }
-    return new Promise<boolean>((start) => this.#waiting.push({ type, start }));
-  }
-
-  #release(): void {
-    const next = this.#waiting.shift();
-    if (next !== undefined) next.start(true);
-    else this.#writing--;
+    // In the same turn as the last shift: a record() from now on sees a free writer.
+    this.#writers--;
   }
 
   #noteDropped(): void {

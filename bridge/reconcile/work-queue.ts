@@ -7,6 +7,8 @@
 // events that way: a change then reaches the function within the time of one reconcile even
 // while every other worker waits on a slow API server and thousands of keys of a resync wait.
 
+import { equalJitterDelay, type BackoffBounds } from '../../lib/backoff.ts';
+
 export interface Scheduler {
   now(): number;
   setTimeout(callback: () => void, ms: number): unknown;
@@ -53,8 +55,7 @@ interface Delayed {
 export class WorkQueue {
   readonly #handler: Handler;
   readonly #concurrency: number;
-  readonly #baseDelayMs: number;
-  readonly #maxDelayMs: number;
+  readonly #retryBackoff: BackoffBounds;
   readonly #random: () => number;
   readonly #scheduler: Scheduler;
   readonly #onError: WorkQueueOptions['onError'];
@@ -78,8 +79,7 @@ export class WorkQueue {
       throw new Error('concurrency must be a positive integer');
     this.#handler = handler;
     this.#concurrency = options.concurrency;
-    this.#baseDelayMs = options.baseDelayMs ?? 500;
-    this.#maxDelayMs = options.maxDelayMs ?? 300_000;
+    this.#retryBackoff = { baseMs: options.baseDelayMs ?? 500, maxMs: options.maxDelayMs ?? 300_000 };
     this.#random = options.random ?? Math.random;
     this.#scheduler = options.scheduler ?? systemScheduler;
     this.#onError = options.onError;
@@ -131,19 +131,13 @@ export class WorkQueue {
     return delay;
   }
 
-  /** Consecutive failures forgotten: the next one starts from the base delay again. */
-  forget(key: string): void {
-    this.#failures.delete(key);
-  }
-
   failures(key: string): number {
     return this.#failures.get(key) ?? 0;
   }
 
   /** Delay before the retry after `failures` consecutive failures: exponential, "equal jitter". */
   backoff(failures: number): number {
-    const exponential = Math.min(this.#baseDelayMs * 2 ** Math.min(failures - 1, 52), this.#maxDelayMs);
-    return Math.round(exponential / 2 + (this.#random() * exponential) / 2);
+    return equalJitterDelay(failures - 1, this.#retryBackoff, this.#random);
   }
 
   /** Keys waiting for a worker. */
@@ -157,10 +151,6 @@ export class WorkQueue {
 
   get delayed(): number {
     return this.#delayed.size;
-  }
-
-  has(key: string): boolean {
-    return this.#urgent.has(key) || this.#ready.has(key) || this.#again.has(key) || this.#delayed.has(key);
   }
 
   /** Resolves once no key is waiting or being processed (delayed keys do not count). */

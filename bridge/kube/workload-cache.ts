@@ -1,5 +1,5 @@
 // The informers' cache holds each workload reduced to the fields the bridge reads (the Workload
-// type in workload.ts): identity and version, finalizers, deletion, the opt-out annotation, and
+// type in bridge/workload.ts): identity and version, finalizers, deletion, the opt-out annotation, and
 // the name and image of each container and init container, in order. A Deployment as the API
 // server serves it is several KiB (managedFields, the last-applied annotation, probes, env,
 // status); what the bridge decides from is a few hundred bytes. With 10,000 workloads of 4.7 KB
@@ -19,7 +19,7 @@ import {
   type ListPromise,
   type ObjectCache,
 } from '@kubernetes/client-node';
-import { OPT_OUT_ANNOTATION, type Container, type Workload } from './workload.ts';
+import { OPT_OUT_ANNOTATION, type Container, type Workload } from '../workload.ts';
 
 /** Objects per list page: client-go's pager default. */
 export const LIST_PAGE_SIZE = 500;

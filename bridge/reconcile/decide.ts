@@ -1,10 +1,10 @@
 // What a workload still needs, decided from the object alone plus what the bridge knows about
 // backups. Pure: no clock, no I/O, so every case is a unit test and the reconciler stays thin.
 
-import { isBackupImage, type BackupLocation } from '../functions/contract/index.ts';
-import { formatReference, parseReference } from '../functions/contract/index.ts';
+import { isBackupImage, type BackupLocation } from '../../functions/contract/index.ts';
+import { formatReference, parseReference } from '../../functions/contract/index.ts';
+import { FINALIZER, OPT_OUT_ANNOTATION, type Workload } from '../workload.ts';
 import { buildWorkloadPatch, imagePath, type ContainerField, type ImageReplacement, type JsonPatchOperation } from './patch.ts';
-import { FINALIZER, OPT_OUT_ANNOTATION, type Workload } from './workload.ts';
 
 export interface ImageSlot {
   readonly field: ContainerField;

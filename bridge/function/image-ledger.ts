@@ -3,6 +3,8 @@
 // restart forgets it all and costs one more request per image (a HEAD at the function), nothing
 // else. Entries expire, so a moved tag is copied again later and memory stays bounded.
 
+import { equalJitterDelay, type BackoffBounds } from '../../lib/backoff.ts';
+
 export type ImageStatus =
   | { readonly state: 'unknown' }
   | { readonly state: 'backed-up'; readonly target: string; readonly digest: string }
@@ -22,6 +24,8 @@ export interface ImageLedgerOptions {
 interface Entry {
   backup?: { target: string; digest: string; at: number };
   inFlightUntil?: number;
+  /** When the request in flight was sent, for the latency of its result. */
+  sentAt?: number;
   failure?: { failures: number; retryAt: number; error: string };
   /** Created when a workload first waits, dropped when they are released: most entries have none. */
   waiters?: Set<string>;
@@ -32,15 +36,13 @@ export class ImageLedger {
   readonly #now: () => number;
   readonly #random: () => number;
   readonly #backupTtlMs: number;
-  readonly #failureBaseMs: number;
-  readonly #failureMaxMs: number;
+  readonly #failureBackoff: BackoffBounds;
 
   constructor(options: ImageLedgerOptions = {}) {
     this.#now = options.now ?? Date.now;
     this.#random = options.random ?? Math.random;
     this.#backupTtlMs = options.backupTtlMs ?? 15 * 60_000;
-    this.#failureBaseMs = options.failureBaseMs ?? 5_000;
-    this.#failureMaxMs = options.failureMaxMs ?? 5 * 60_000;
+    this.#failureBackoff = { baseMs: options.failureBaseMs ?? 5_000, maxMs: options.failureMaxMs ?? 5 * 60_000 };
   }
 
   status(source: string): ImageStatus {
@@ -63,9 +65,17 @@ export class ImageLedger {
     return status.state === 'backed-up' ? status.target : undefined;
   }
 
-  /** A copy was asked for: until `until` nobody asks again; after it, the request counts as lost. */
+  /** A copy is asked for now: until `until` nobody asks again; after it, the request counts as lost. */
   begin(source: string, until: number): void {
-    this.#entry(source).inFlightUntil = until;
+    const entry = this.#entry(source);
+    entry.inFlightUntil = until;
+    entry.sentAt = this.#now();
+  }
+
+  /** How long ago the request in flight for `source` was sent, if this process sent one. */
+  sinceSent(source: string): number | undefined {
+    const sentAt = this.#entries.get(source)?.sentAt;
+    return sentAt === undefined ? undefined : this.#now() - sentAt;
   }
 
   /** `key` wants to hear when `source` is settled. */
@@ -79,6 +89,7 @@ export class ImageLedger {
     const entry = this.#entry(source);
     entry.backup = { target, digest, at: this.#now() };
     entry.inFlightUntil = undefined;
+    entry.sentAt = undefined;
     entry.failure = undefined;
     return this.#release(entry);
   }
@@ -87,10 +98,10 @@ export class ImageLedger {
   fail(source: string, error: string): { waiters: string[]; retryInMs: number; failures: number } {
     const entry = this.#entry(source);
     const failures = (entry.failure?.failures ?? 0) + 1;
-    const exponential = Math.min(this.#failureBaseMs * 2 ** Math.min(failures - 1, 30), this.#failureMaxMs);
-    const retryInMs = Math.round(exponential / 2 + (this.#random() * exponential) / 2);
+    const retryInMs = equalJitterDelay(failures - 1, this.#failureBackoff, this.#random);
     entry.failure = { failures, retryAt: this.#now() + retryInMs, error };
     entry.inFlightUntil = undefined;
+    entry.sentAt = undefined;
     return { waiters: this.#release(entry), retryInMs, failures };
   }
 

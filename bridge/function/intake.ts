@@ -1,14 +1,16 @@
 // Where results from the clone function enter the bridge, whether they come back in a signed
 // callback or in the function's synchronous answer: each is checked against the mapping the
 // bridge computes itself, recorded in the ledger, and the workloads waiting for it are enqueued.
-// Nothing is patched here: the reconciler does that from the current object (level-triggered).
+// Nothing is patched here: the reconciler does that from the current object (level-triggered). A
+// failed copy is told on the workloads that wanted it, as a Warning Event.
 
 import type { Logger } from 'pino';
-import type { BackupLocation } from '../functions/contract/index.ts';
+import type { BackupLocation, CloneResult } from '../../functions/contract/index.ts';
+import type { EventSink } from '../kube/events.ts';
+import type { BridgeMetrics } from '../metrics.ts';
+import { parseWorkloadKey, type WorkloadReader } from '../workload.ts';
 import type { ImageLedger } from './image-ledger.ts';
-import type { BridgeMetrics } from './metrics.ts';
-import { checkResult, type CloneResult, type ResultRejection } from './results.ts';
-import { parseWorkloadKey } from './workload.ts';
+import { checkResult, type ResultRejection } from './results.ts';
 
 export interface IntakeOptions {
   readonly backup: BackupLocation;
@@ -16,8 +18,9 @@ export interface IntakeOptions {
   readonly metrics: BridgeMetrics;
   readonly logger: Logger;
   readonly enqueue: (key: string) => void;
-  /** A copy failed: the workloads that wanted it (for a Warning event). */
-  readonly onFailure?: (keys: readonly string[], source: string, error: string) => void;
+  readonly events: EventSink;
+  /** The workloads a failure is told on are looked up here (a deleted one is not told). */
+  readonly workloads: WorkloadReader;
 }
 
 export interface IntakeSummary {
@@ -51,9 +54,12 @@ export class ResultIntake {
     for (const result of results) {
       const checked = checkResult(result, backup);
       settled.push(checked.source);
+      const status = checked.outcome === 'backed-up' ? checked.status : checked.outcome;
+      metrics.imageResults.inc({ status });
+      const sinceSent = ledger.sinceSent(checked.source);
+      if (sinceSent !== undefined) metrics.cloneLatency.observe({ status }, sinceSent / 1000);
       if (checked.outcome === 'backed-up') {
         accepted++;
-        metrics.imageResults.inc({ status: checked.status });
         for (const key of ledger.succeed(checked.source, checked.target, checked.digest)) keys.add(key);
         logger.info(
           {
@@ -68,11 +74,9 @@ export class ResultIntake {
         );
       } else if (checked.outcome === 'failed') {
         failed++;
-        metrics.imageResults.inc({ status: 'failed' });
         this.#fail(checked.source, checked.error, context, keys);
       } else {
         rejected.push({ source: checked.source, reason: checked.reason, detail: checked.detail });
-        metrics.imageResults.inc({ status: 'rejected' });
         metrics.callbackRejections.inc({ reason: checked.reason });
         logger.warn({ image: checked.source, reason: checked.reason, detail: checked.detail }, 'Image Cloner: result refused');
         // A refused result is a failed copy as far as the workload is concerned: retried later.
@@ -93,8 +97,22 @@ export class ResultIntake {
   #fail(source: string, error: string, context: readonly string[], keys: Set<string>): void {
     const { waiters, retryInMs, failures } = this.#options.ledger.fail(source, error);
     for (const key of waiters) keys.add(key);
-    const affected = waiters.length > 0 ? waiters : context;
     this.#options.logger.warn({ image: source, error, failures, retryInMs }, 'Image Cloner: cloning failed');
-    this.#options.onFailure?.(affected, source, error);
+    this.#tellFailure(waiters.length > 0 ? waiters : context, source, error);
+  }
+
+  /** A Warning Event on each workload that wanted the copy and still exists. */
+  #tellFailure(keys: readonly string[], source: string, error: string): void {
+    for (const key of keys) {
+      const ref = parseWorkloadKey(key);
+      const workload = ref && this.#options.workloads.get(ref.kind, ref.namespace, ref.name);
+      if (ref === undefined || workload === undefined) continue;
+      this.#options.events.record(
+        { ...ref, uid: workload.metadata?.uid },
+        'Warning',
+        'BackupFailed',
+        `Backup of ${source} failed: ${error}`,
+      );
+    }
   }
 }
