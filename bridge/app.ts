@@ -14,13 +14,13 @@ import { CloneClient } from './function/clone-client.ts';
 import { ImageLedger, type ImageLedgerOptions } from './function/image-ledger.ts';
 import { ResultIntake } from './function/intake.ts';
 import { createHttpApp, type Readiness } from './http.ts';
-import { loadKubeConfig, workloadApis, type WorkloadApi } from './kube/api.ts';
+import { loadKubeConfig, workloadApis, type WorkloadApis } from './kube/api.ts';
 import { reuseConnections } from './kube/connections.ts';
 import { EventRecorder } from './kube/events.ts';
+import { namespaceCollection } from './kube/namespaces.ts';
 import { LeaderElector, type LeaderElectionOptions } from './kube/leader-election.ts';
 import { bridgeMetrics, type BridgeMetrics } from './metrics.ts';
 import { Controller, type ControllerOptions } from './reconcile/controller.ts';
-import type { WorkloadKind } from './workload.ts';
 
 export interface BridgeOptions {
   readonly config: BridgeConfig;
@@ -30,7 +30,7 @@ export interface BridgeOptions {
   readonly host?: string;
   readonly fetch?: typeof fetch;
   /** Wraps the workload API calls (tests interpose on them to stage races). */
-  readonly workloadApis?: (apis: Record<WorkloadKind, WorkloadApi>) => Record<WorkloadKind, WorkloadApi>;
+  readonly workloadApis?: (apis: WorkloadApis) => WorkloadApis;
   /** Timings for tests; production uses the defaults. */
   readonly tuning?: {
     readonly informer?: ControllerOptions['informer'];
@@ -61,7 +61,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   const logger = options.logger ?? createLogger(config.logLevel);
   // Every API call of the bridge (lists, watches, patches, events, the lease) on one pool.
   const kubeConfig = reuseConnections(options.kubeConfig ?? loadKubeConfig(config.kubeconfig));
-  const apis = (options.workloadApis ?? ((real) => real))(workloadApis(kubeConfig));
+  const apis = (options.workloadApis ?? ((real) => real))(workloadApis(kubeConfig, config.watchKinds));
   const identity = config.leaderElection.enabled ? config.leaderElection.identity : `bridge-${process.pid}`;
   let controller: Controller | undefined;
 
@@ -108,7 +108,8 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     controller = new Controller({
       kubeConfig,
       apis,
-      decision: { backup: config.backup, ignoredNamespaces: config.ignoredNamespaces },
+      namespaces: namespaceCollection(kubeConfig),
+      decision: { backup: config.backup, ignoredNamespaces: config.ignoredNamespaces, defaultMode: config.defaultMode },
       workers: config.workers,
       resyncMs: config.resyncSeconds * 1000,
       ledger,

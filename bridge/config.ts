@@ -13,12 +13,16 @@ import {
   integer,
   list,
   logLevel,
+  oneOf,
   optionalString,
   parseEnvironment,
   secret,
   type Environment,
   type LogLevel,
 } from '../lib/env.ts';
+
+import { printable } from '../lib/text.ts';
+import { isWorkloadKind, MODES, WORKLOAD_KINDS, type Mode, type WorkloadKind } from './workload.ts';
 
 export { ConfigError, type Environment };
 
@@ -35,6 +39,10 @@ export interface BridgeConfig {
   readonly backup: BackupLocation;
   /** Always holds kube-system. */
   readonly ignoredNamespaces: ReadonlySet<string>;
+  /** The kinds watched (WATCH_KINDS). */
+  readonly watchKinds: readonly WorkloadKind[];
+  /** pin or backup-only, for workloads whose namespace and own annotation say nothing. */
+  readonly defaultMode: Mode;
   readonly port: number;
   readonly workers: number;
   readonly resyncSeconds: number;
@@ -68,6 +76,19 @@ const environment = z.object({
     }
     return new Set(['kube-system', ...names]);
   }),
+  WATCH_KINDS: list.transform((kinds, ctx): WorkloadKind[] => {
+    if (kinds.length === 0) return [...WORKLOAD_KINDS];
+    const unknown = kinds.filter((kind) => !isWorkloadKind(kind));
+    if (unknown.length > 0) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `"${printable(unknown.join(','), 80)}" is not a kind the controller watches (${WORKLOAD_KINDS.join(', ')})`,
+      });
+      return z.NEVER;
+    }
+    return [...new Set(kinds as WorkloadKind[])];
+  }),
+  DEFAULT_MODE: oneOf(MODES).transform((mode): Mode => mode ?? 'pin'),
   PORT: integer(8080, 1, 65535),
   WORKERS: integer(4, 1, 256),
   RESYNC_SECONDS: integer(300, 10, 86_400),
@@ -118,6 +139,8 @@ export function loadConfig(env: Environment, sources: ConfigSources = {}): Bridg
     ...(callbackUnused !== undefined && { callbackUnused }),
     backup,
     ignoredNamespaces: values.IGNORE_NAMESPACES,
+    watchKinds: values.WATCH_KINDS,
+    defaultMode: values.DEFAULT_MODE,
     port: values.PORT,
     workers: values.WORKERS,
     resyncSeconds: values.RESYNC_SECONDS,

@@ -12,7 +12,7 @@ import {
 import { delimiter } from 'node:path';
 import { request } from 'undici';
 import type { JsonPatchOperation } from '../reconcile/patch.ts';
-import type { Workload, WorkloadKind } from '../workload.ts';
+import { KINDS, WORKLOAD_KINDS, type Workload, type WorkloadKind } from '../workload.ts';
 
 /** A kubeconfig path (or list, as in $KUBECONFIG), or the pod's ServiceAccount when undefined. */
 export function loadKubeConfig(kubeconfig: string | undefined): KubeConfig {
@@ -120,40 +120,67 @@ interface RawList {
   items?: KubernetesObject[];
 }
 
-export function workloadApis(config: KubeConfig, timeoutMs = API_TIMEOUT_MS): Record<WorkloadKind, WorkloadApi> {
-  const api = (kind: WorkloadKind, plural: string): WorkloadApi => ({
-    kind,
-    watchPath: `/apis/apps/v1/${plural}`,
-    list: async (page) => {
-      const query = new URLSearchParams();
-      if (page.limit !== undefined) query.set('limit', String(page.limit));
-      if (page.continue !== undefined) query.set('continue', page.continue);
-      const suffix = query.size > 0 ? `?${query}` : '';
-      const list = await kubeJson<RawList>(config, { method: 'GET', path: `/apis/apps/v1/${plural}${suffix}`, timeoutMs });
-      return {
-        metadata: {
-          ...(list.metadata?.resourceVersion !== undefined && { resourceVersion: list.metadata.resourceVersion }),
-          ...(list.metadata?.continue && { _continue: list.metadata.continue }),
-        },
-        items: list.items ?? [],
-      };
-    },
-    read: (namespace, name) =>
-      notFoundAsUndefined(kubeJson<Workload>(config, { method: 'GET', path: objectPath(plural, namespace, name), timeoutMs })),
-    patch: (namespace, name, operations) =>
-      kubeJson<Workload>(config, {
-        method: 'PATCH',
-        path: objectPath(plural, namespace, name),
-        body: operations,
-        contentType: 'application/json-patch+json',
-        timeoutMs,
-      }),
-  });
-  return { Deployment: api('Deployment', 'deployments'), DaemonSet: api('DaemonSet', 'daemonsets') };
+/** The API of each watched kind. */
+export type WorkloadApis = Readonly<Partial<Record<WorkloadKind, WorkloadApi>>>;
+
+/** The list, read, patch and watch calls of the given kinds. */
+export function workloadApis(
+  config: KubeConfig,
+  kinds: readonly WorkloadKind[] = WORKLOAD_KINDS,
+  timeoutMs = API_TIMEOUT_MS,
+): WorkloadApis {
+  const api = (kind: WorkloadKind): WorkloadApi => {
+    const base = collectionPath(kind);
+    return {
+      kind,
+      watchPath: base,
+      list: pagedList(config, base, timeoutMs),
+      read: (namespace, name) =>
+        notFoundAsUndefined(kubeJson<Workload>(config, { method: 'GET', path: objectPath(kind, namespace, name), timeoutMs })),
+      patch: (namespace, name, operations) =>
+        kubeJson<Workload>(config, {
+          method: 'PATCH',
+          path: objectPath(kind, namespace, name),
+          body: operations,
+          contentType: 'application/json-patch+json',
+          timeoutMs,
+        }),
+    };
+  };
+  return Object.fromEntries(kinds.map((kind) => [kind, api(kind)]));
 }
 
-function objectPath(plural: string, namespace: string, name: string): string {
-  return `/apis/apps/v1/namespaces/${encodeURIComponent(namespace)}/${plural}/${encodeURIComponent(name)}`;
+/** Pages of the collection at `path` (the next page's token in metadata._continue). */
+export function pagedList(
+  config: KubeConfig,
+  path: string,
+  timeoutMs = API_TIMEOUT_MS,
+): (page: ListPageOptions) => Promise<KubernetesListObject<KubernetesObject>> {
+  return async (page) => {
+    const query = new URLSearchParams();
+    if (page.limit !== undefined) query.set('limit', String(page.limit));
+    if (page.continue !== undefined) query.set('continue', page.continue);
+    const list = await kubeJson<RawList>(config, { method: 'GET', path: query.size > 0 ? `${path}?${query}` : path, timeoutMs });
+    return {
+      metadata: {
+        ...(list.metadata?.resourceVersion !== undefined && { resourceVersion: list.metadata.resourceVersion }),
+        ...(list.metadata?.continue && { _continue: list.metadata.continue }),
+      },
+      items: list.items ?? [],
+    };
+  };
+}
+
+/** `/apis/apps/v1/deployments`, `/api/v1/pods`: every object of a kind, in all namespaces. */
+function collectionPath(kind: WorkloadKind): string {
+  const { group, version, plural } = KINDS[kind];
+  return `${group === '' ? '/api' : `/apis/${group}`}/${version}/${plural}`;
+}
+
+function objectPath(kind: WorkloadKind, namespace: string, name: string): string {
+  const { group, version, plural } = KINDS[kind];
+  const prefix = group === '' ? '/api' : `/apis/${group}`;
+  return `${prefix}/${version}/namespaces/${encodeURIComponent(namespace)}/${plural}/${encodeURIComponent(name)}`;
 }
 
 async function notFoundAsUndefined<T>(request: Promise<T>): Promise<T | undefined> {

@@ -11,7 +11,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { describeError } from '../../lib/errors.ts';
-import type { WorkloadKind } from '../workload.ts';
+import { apiVersionOf, PROTECTED_NAMESPACE, type WorkloadKind } from '../workload.ts';
 import { kubeJson } from './api.ts';
 
 export const EVENT_COMPONENT = 'image-clone-controller';
@@ -95,6 +95,8 @@ export class EventRecorder implements EventSink {
   }
 
   record(object: InvolvedObject, type: EventType, reason: string, message: string): void {
+    // kube-system is written by nobody but its owners: not even an Event (decide never acts there).
+    if (object.namespace === PROTECTED_NAMESPACE) return;
     const writerFree = this.#writers < this.#maxConcurrentWrites;
     if (!writerFree && this.#queue.length >= this.#maxQueued && !this.#makeRoomFor(type)) {
       this.#noteDropped();
@@ -183,7 +185,7 @@ export class EventRecorder implements EventSink {
         kind: 'Event',
         metadata: { name, namespace: object.namespace },
         involvedObject: {
-          apiVersion: 'apps/v1',
+          apiVersion: apiVersionOf(object.kind),
           kind: object.kind,
           namespace: object.namespace,
           name: object.name,

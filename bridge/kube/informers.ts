@@ -9,15 +9,22 @@ import type { Logger } from 'pino';
 import { equalJitterDelay, type BackoffBounds } from '../../lib/backoff.ts';
 import { describeError } from '../../lib/errors.ts';
 import type { BridgeMetrics } from '../metrics.ts';
-import type { Workload, WorkloadKind } from '../workload.ts';
+import type { Workload } from '../workload.ts';
 import { statusCode, type WorkloadApi } from './api.ts';
-import { LIST_PAGE_SIZE, listInPages, makeSlimInformer } from './workload-cache.ts';
+import { LIST_PAGE_SIZE, listInPages, makeSlimInformer, type Projection } from './workload-cache.ts';
 
 export type ChangeType = 'add' | 'update' | 'delete';
 
+/** A collection watched across all namespaces, and what of each object the cache keeps. */
+export interface WatchedCollection extends Pick<WorkloadApi, 'watchPath' | 'list'> {
+  /** For logs and metrics: "Deployment", "Namespace". */
+  readonly kind: string;
+  readonly project: Projection;
+}
+
 export interface WorkloadInformerOptions {
   readonly kubeConfig: KubeConfig;
-  readonly api: WorkloadApi;
+  readonly collection: WatchedCollection;
   readonly onChange: (workload: Workload, change: ChangeType) => void;
   readonly logger: Logger;
   readonly metrics: BridgeMetrics;
@@ -38,7 +45,7 @@ export interface WorkloadInformerOptions {
 type CachedInformer = Informer<KubernetesObject> & ObjectCache<KubernetesObject>;
 
 export class WorkloadInformer {
-  readonly kind: WorkloadKind;
+  readonly kind: string;
   readonly #options: WorkloadInformerOptions;
   readonly #watchdogMs: number;
   readonly #restartBackoff: BackoffBounds;
@@ -54,7 +61,7 @@ export class WorkloadInformer {
   #syncWaiters: (() => void)[] = [];
 
   constructor(options: WorkloadInformerOptions) {
-    this.kind = options.api.kind;
+    this.kind = options.collection.kind;
     this.#options = options;
     this.#watchdogMs = options.watchdogMs ?? 120_000;
     this.#restartBackoff = { baseMs: options.restartBaseMs ?? 1_000, maxMs: options.restartMaxMs ?? 30_000 };
@@ -99,16 +106,20 @@ export class WorkloadInformer {
     return this.#informer?.get(name, namespace) as Workload | undefined;
   }
 
-  list(): readonly Workload[] {
-    return (this.#informer?.list() ?? []) as readonly Workload[];
+  /** Everything cached, or what is cached in one namespace. */
+  list(namespace?: string): readonly Workload[] {
+    return (this.#informer?.list(namespace) ?? []) as readonly Workload[];
   }
 
   #create(): CachedInformer {
-    const { api, kubeConfig } = this.#options;
+    const { collection, kubeConfig } = this.#options;
     const generation = ++this.#generation;
-    const make = this.#options.makeInformer ?? makeSlimInformer;
-    const informer = make<KubernetesObject>(kubeConfig, api.watchPath, () =>
-      listInPages((token) => api.list({ limit: LIST_PAGE_SIZE, ...(token !== undefined && { continue: token }) })),
+    const make: typeof makeInformer =
+      this.#options.makeInformer ?? ((config, path, list) => makeSlimInformer(collection.project, config, path, list));
+    const informer = make<KubernetesObject>(kubeConfig, collection.watchPath, () =>
+      listInPages(collection.project, (token) =>
+        collection.list({ limit: LIST_PAGE_SIZE, ...(token !== undefined && { continue: token }) }),
+      ),
     );
     const current = () => generation === this.#generation && !this.#stopped;
     const forward = (change: ChangeType) => (object: KubernetesObject) => {

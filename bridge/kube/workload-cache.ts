@@ -1,9 +1,11 @@
 // The informers' cache holds each workload reduced to the fields the bridge reads (the Workload
-// type in bridge/workload.ts): identity and version, finalizers, deletion, the opt-out annotation, and
-// the name and image of each container and init container, in order. A Deployment as the API
-// server serves it is several KiB (managedFields, the last-applied annotation, probes, env,
-// status); what the bridge decides from is a few hundred bytes. With 10,000 workloads of 4.7 KB
-// that is 47 MB of JSON, more as objects, against a few MB (the bridge's figures: docs/scale.md).
+// type in bridge/workload.ts): identity and version, finalizers, deletion, its controller owner,
+// the annotations the bridge reads, and of its pod spec the name and image of each container,
+// the pull secrets' names and the ServiceAccount. A Deployment as the API server serves it is
+// several KiB (managedFields, the last-applied annotation, probes, env, status); what the bridge
+// decides from is a few hundred bytes. With 10,000 workloads of 4.7 KB that is 47 MB of JSON, more
+// as objects, against a few MB (the bridge's figures: docs/scale.md). A Job or Pod that has an
+// owner is left to it, and kept as its name alone: most Pods of a cluster are such.
 //
 // The collection is listed in pages, each projected before the next is fetched, so that the
 // first list never holds the whole collection as full objects either; watch events are
@@ -19,7 +21,19 @@ import {
   type ListPromise,
   type ObjectCache,
 } from '@kubernetes/client-node';
-import { OPT_OUT_ANNOTATION, type Container, type Workload } from '../workload.ts';
+import {
+  hasOwner,
+  KINDS,
+  podSpecOf,
+  READ_ANNOTATIONS,
+  type Container,
+  type PodSpec,
+  type Workload,
+  type WorkloadKind,
+} from '../workload.ts';
+
+/** What an informer's cache keeps of each object it lists or watches; idempotent. */
+export type Projection = (object: unknown) => unknown;
 
 /** Objects per list page: client-go's pager default. */
 export const LIST_PAGE_SIZE = 500;
@@ -35,38 +49,56 @@ function containersOf(list: unknown): Container[] | undefined {
   });
 }
 
-/** The fields of a Deployment or DaemonSet the bridge reads, and nothing else. Idempotent. */
-export function slimWorkload(object: unknown): Workload {
+function slimPodSpec(podSpec: PodSpec): PodSpec {
+  const containers = containersOf(podSpec.containers);
+  const initContainers = containersOf(podSpec.initContainers);
+  const ephemeralContainers = containersOf(podSpec.ephemeralContainers);
+  const pullSecrets = Array.isArray(podSpec.imagePullSecrets)
+    ? podSpec.imagePullSecrets.flatMap((secret) => (typeof secret?.name === 'string' ? [{ name: secret.name }] : []))
+    : [];
+  return {
+    ...(containers !== undefined && { containers }),
+    ...(initContainers !== undefined && { initContainers }),
+    ...(ephemeralContainers !== undefined && { ephemeralContainers }),
+    ...(pullSecrets.length > 0 && { imagePullSecrets: pullSecrets }),
+    ...(typeof podSpec.serviceAccountName === 'string' && { serviceAccountName: podSpec.serviceAccountName }),
+  };
+}
+
+/** The fields of a workload of `kind` the bridge reads, and nothing else. Idempotent. */
+export function slimWorkload(kind: WorkloadKind, object: unknown): Workload {
   const source = object as Workload | null | undefined;
   const metadata = source?.metadata;
   const slim: Workload = {};
+  const owned = source !== null && source !== undefined && hasOwner(source);
   if (metadata !== undefined && metadata !== null) {
-    const optOut = metadata.annotations?.[OPT_OUT_ANNOTATION];
+    const annotations = Object.fromEntries(
+      READ_ANNOTATIONS.flatMap((name) =>
+        metadata.annotations?.[name] !== undefined ? [[name, metadata.annotations[name]]] : [],
+      ),
+    );
     slim.metadata = {
       ...(metadata.name !== undefined && { name: metadata.name }),
       ...(metadata.namespace !== undefined && { namespace: metadata.namespace }),
       ...(metadata.uid !== undefined && { uid: metadata.uid }),
       ...(metadata.resourceVersion !== undefined && { resourceVersion: metadata.resourceVersion }),
-      ...(optOut !== undefined && { annotations: { [OPT_OUT_ANNOTATION]: optOut } }),
+      ...(owned && { ownerReferences: [{ controller: true }] }),
+      // Kept even when empty: whether an object has annotations at all decides how a patch adds one.
+      ...(typeof metadata.annotations === 'object' && metadata.annotations !== null && { annotations }),
       ...(Array.isArray(metadata.finalizers) && metadata.finalizers.length > 0 && { finalizers: [...metadata.finalizers] }),
       ...(metadata.deletionTimestamp !== undefined &&
         metadata.deletionTimestamp !== null && { deletionTimestamp: metadata.deletionTimestamp }),
     };
   }
-  const podSpec = source?.spec?.template?.spec;
-  if (podSpec !== undefined && podSpec !== null) {
-    const containers = containersOf(podSpec.containers);
-    const initContainers = containersOf(podSpec.initContainers);
-    slim.spec = {
-      template: {
-        spec: {
-          ...(containers !== undefined && { containers }),
-          ...(initContainers !== undefined && { initContainers }),
-        },
-      },
-    };
-  }
+  if (owned && KINDS[kind].ownedLeftToOwner) return slim;
+  const podSpec = source ? podSpecOf(kind, source) : undefined;
+  if (podSpec !== undefined) slim.spec = nest(KINDS[kind].podSpecPath.slice(1), slimPodSpec(podSpec));
   return slim;
+}
+
+/** `{a: {b: value}}` for the path [a, b]. */
+function nest(path: readonly string[], value: object): Record<string, unknown> {
+  return path.reduceRight<Record<string, unknown>>((inner, key) => ({ [key]: inner }), value as Record<string, unknown>);
 }
 
 /** One page of a list: the items and the token of the next page, if any. */
@@ -76,14 +108,14 @@ export type ListPage = (continueToken: string | undefined) => Promise<Kubernetes
  * Lists the whole collection page by page, projecting each page before fetching the next. The
  * pages of one list are one consistent snapshot; its resourceVersion is where the watch starts.
  */
-export async function listInPages(page: ListPage): Promise<KubernetesListObject<KubernetesObject>> {
+export async function listInPages(project: Projection, page: ListPage): Promise<KubernetesListObject<KubernetesObject>> {
   const items: KubernetesObject[] = [];
   let resourceVersion: string | undefined;
   let token: string | undefined;
   do {
     const list = await page(token);
     resourceVersion ??= list.metadata?.resourceVersion;
-    for (const item of list.items ?? []) items.push(slimWorkload(item) as KubernetesObject);
+    for (const item of list.items ?? []) items.push(project(item) as KubernetesObject);
     token = list.metadata?._continue || undefined;
   } while (token !== undefined);
   return { metadata: { ...(resourceVersion !== undefined && { resourceVersion }) }, items };
@@ -91,6 +123,13 @@ export async function listInPages(page: ListPage): Promise<KubernetesListObject<
 
 /** client-node's Watch, handing on each object already projected. */
 class ProjectingWatch extends Watch {
+  readonly #project: Projection;
+
+  constructor(kubeConfig: KubeConfig, project: Projection) {
+    super(kubeConfig);
+    this.#project = project;
+  }
+
   override watch(
     path: string,
     queryParams: Record<string, string | number | boolean | undefined>,
@@ -102,7 +141,7 @@ class ProjectingWatch extends Watch {
       queryParams,
       (phase, object) => {
         // ERROR carries a Status (its code says 410 Gone), BOOKMARK only a resourceVersion.
-        if (phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED') callback(phase, slimWorkload(object));
+        if (phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED') callback(phase, this.#project(object));
         else callback(phase, object);
       },
       done,
@@ -116,10 +155,10 @@ class ProjectingWatch extends Watch {
  * projected from `listPromiseFn` (listInPages, page by page).
  */
 export function makeSlimInformer<T extends KubernetesObject>(
+  project: Projection,
   kubeConfig: KubeConfig,
   path: string,
   listPromiseFn: ListPromise<T>,
-  labelSelector?: string,
 ): Informer<T> & ObjectCache<T> {
-  return new ListWatch<T>(path, new ProjectingWatch(kubeConfig), listPromiseFn, false, labelSelector);
+  return new ListWatch<T>(path, new ProjectingWatch(kubeConfig, project), listPromiseFn, false);
 }

@@ -9,17 +9,30 @@ import type { CloneClient } from '../function/clone-client.ts';
 import type { ImageLedger } from '../function/image-ledger.ts';
 import type { WorkloadApi } from '../kube/api.ts';
 import type { EventSink } from '../kube/events.ts';
-import { WorkloadInformer, type WorkloadInformerOptions } from '../kube/informers.ts';
+import { WorkloadInformer, type WatchedCollection, type WorkloadInformerOptions } from '../kube/informers.ts';
+import { slimWorkload } from '../kube/workload-cache.ts';
 import type { BridgeMetrics } from '../metrics.ts';
-import { WORKLOAD_KINDS, keyOf, parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadReader } from '../workload.ts';
-import type { DecisionContext } from './decide.ts';
+import {
+  keyOf,
+  MODE_ANNOTATION,
+  parseWorkloadKey,
+  WORKLOAD_KINDS,
+  type Mode,
+  type Workload,
+  type WorkloadKind,
+  type WorkloadReader,
+} from '../workload.ts';
+import { modeOf, type DecisionContext } from './decide.ts';
 import { Reconciler, StaleWorkloadError } from './reconciler.ts';
 import { WorkQueue, type WorkQueueOptions } from './work-queue.ts';
 
 export interface ControllerOptions {
   readonly kubeConfig: KubeConfig;
-  readonly apis: Readonly<Record<WorkloadKind, WorkloadApi>>;
-  readonly decision: Omit<DecisionContext, 'knownBackup'>;
+  /** One per watched kind (WATCH_KINDS). */
+  readonly apis: Readonly<Partial<Record<WorkloadKind, WorkloadApi>>>;
+  /** Namespaces, for their mode annotation; absent, only workloads' own annotations count. */
+  readonly namespaces?: WatchedCollection;
+  readonly decision: Omit<DecisionContext, 'knownBackup' | 'namespaceMode'>;
   readonly workers: number;
   readonly resyncMs: number;
   readonly ledger: ImageLedger;
@@ -32,7 +45,9 @@ export interface ControllerOptions {
 }
 
 export class Controller implements WorkloadReader {
-  readonly #informers: Readonly<Record<WorkloadKind, WorkloadInformer>>;
+  readonly #kinds: readonly WorkloadKind[];
+  readonly #informers: Readonly<Partial<Record<WorkloadKind, WorkloadInformer>>>;
+  readonly #namespaces: WorkloadInformer | undefined;
   readonly queue: WorkQueue;
   readonly #options: ControllerOptions;
   #resyncTimer: NodeJS.Timeout | undefined;
@@ -41,24 +56,30 @@ export class Controller implements WorkloadReader {
   constructor(options: ControllerOptions) {
     this.#options = options;
     const { logger, metrics } = options;
-    const informer = (kind: WorkloadKind) =>
-      new WorkloadInformer({
-        ...options.informer,
-        kubeConfig: options.kubeConfig,
-        api: options.apis[kind],
-        logger,
-        metrics,
-        onChange: (workload: Workload) => {
-          const key = keyOf(kind, workload);
-          // Ahead of resyncs and follow-ups: a change reaches the function even while workers patch.
-          if (key !== undefined) this.queue.add(key, { urgent: true });
-        },
-      });
-    this.#informers = { Deployment: informer('Deployment'), DaemonSet: informer('DaemonSet') };
+    this.#kinds = WORKLOAD_KINDS.filter((kind) => options.apis[kind] !== undefined);
+    const informer = (collection: WatchedCollection, onChange: (object: Workload) => void) =>
+      new WorkloadInformer({ ...options.informer, kubeConfig: options.kubeConfig, collection, logger, metrics, onChange });
+    this.#informers = Object.fromEntries(
+      this.#kinds.map((kind) => {
+        const api = options.apis[kind]!;
+        const collection = { ...api, project: (object: unknown) => slimWorkload(kind, object) };
+        return [
+          kind,
+          informer(collection, (workload) => {
+            const key = keyOf(kind, workload);
+            // Ahead of resyncs and follow-ups: a change reaches the function even while workers patch.
+            if (key !== undefined) this.queue.add(key, { urgent: true });
+          }),
+        ];
+      }),
+    );
+    // A namespace's mode annotation changed (or was first seen): its workloads are looked at again.
+    this.#namespaces =
+      options.namespaces && informer(options.namespaces, (namespace) => this.#enqueueNamespace(namespace.metadata?.name ?? ''));
     const reconciler = new Reconciler({
       apis: options.apis,
       cache: this,
-      decision: options.decision,
+      decision: { ...options.decision, namespaceMode: (namespace) => this.#namespaceMode(namespace) },
       ledger: options.ledger,
       cloneClient: options.cloneClient,
       events: options.events,
@@ -83,26 +104,24 @@ export class Controller implements WorkloadReader {
     });
   }
 
-  /** Lists and watches both kinds, then starts the workers; resolves once both caches are filled. */
+  /** Lists and watches every kind (and the namespaces), then starts the workers; resolves once all caches are filled. */
   async start(): Promise<void> {
-    await Promise.all(WORKLOAD_KINDS.map((kind) => this.#informers[kind].start()));
+    await Promise.all(this.#all().map((informer) => informer.start()));
     if (this.#stopped) return;
     this.queue.start();
     this.#resyncTimer = setInterval(() => this.resync(), this.#options.resyncMs);
     this.#resyncTimer.unref();
-    this.#options.logger.info(
-      { deployments: this.#informers.Deployment.list().length, daemonsets: this.#informers.DaemonSet.list().length },
-      'watching workloads',
-    );
+    const counts = Object.fromEntries(this.#kinds.map((kind) => [kind, this.#informers[kind]!.list().length]));
+    this.#options.logger.info({ ...counts, namespaces: this.#namespaces?.list().length }, 'watching workloads');
   }
 
   get synced(): boolean {
-    return WORKLOAD_KINDS.every((kind) => this.#informers[kind].synced);
+    return this.#all().every((informer) => informer.synced);
   }
 
-  /** A workload as the informers' cache holds it. */
+  /** A workload as the informers' cache holds it; undefined for a kind not watched. */
   get(kind: WorkloadKind, namespace: string, name: string): Workload | undefined {
-    return this.#informers[kind].get(namespace, name);
+    return this.#informers[kind]?.get(namespace, name);
   }
 
   enqueue(key: string): void {
@@ -112,8 +131,8 @@ export class Controller implements WorkloadReader {
   /** Enqueues every cached workload: level-triggered, whatever events were missed. */
   resync(): void {
     this.#options.ledger.prune();
-    for (const kind of WORKLOAD_KINDS) {
-      for (const workload of this.#informers[kind].list()) {
+    for (const kind of this.#kinds) {
+      for (const workload of this.#informers[kind]!.list()) {
         const key = keyOf(kind, workload);
         if (key !== undefined) this.queue.add(key);
       }
@@ -123,7 +142,26 @@ export class Controller implements WorkloadReader {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#resyncTimer);
-    await Promise.all(WORKLOAD_KINDS.map((kind) => this.#informers[kind].stop()));
+    await Promise.all(this.#all().map((informer) => informer.stop()));
     await this.queue.shutdown();
+  }
+
+  #all(): WorkloadInformer[] {
+    return [...this.#kinds.map((kind) => this.#informers[kind]!), ...(this.#namespaces ? [this.#namespaces] : [])];
+  }
+
+  #namespaceMode(namespace: string): Mode | undefined {
+    const cached = this.#namespaces?.get('', namespace) as { metadata?: { annotations?: Record<string, string> } } | undefined;
+    return modeOf(cached?.metadata?.annotations?.[MODE_ANNOTATION]);
+  }
+
+  #enqueueNamespace(namespace: string): void {
+    if (namespace === '') return;
+    for (const kind of this.#kinds) {
+      for (const workload of this.#informers[kind]!.list(namespace)) {
+        const key = keyOf(kind, workload);
+        if (key !== undefined) this.queue.add(key);
+      }
+    }
   }
 }

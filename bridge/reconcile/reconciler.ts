@@ -11,11 +11,14 @@ import { isStale, statusCode, type WorkloadApi } from '../kube/api.ts';
 import type { EventSink } from '../kube/events.ts';
 import type { BridgeMetrics } from '../metrics.ts';
 import { parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadReader, type WorkloadRef } from '../workload.ts';
-import { decide, type Decision, type DecisionContext } from './decide.ts';
+import { decide, type Decision, type DecisionContext, type SlotState } from './decide.ts';
+
+/** Workloads whose BackedUp Event is remembered (oldest forgotten first: an Event told again). */
+const MAX_ANNOUNCED = 100_000;
 import type { Outcome } from './work-queue.ts';
 
 export interface ReconcilerOptions {
-  readonly apis: Readonly<Record<WorkloadKind, WorkloadApi>>;
+  readonly apis: Readonly<Partial<Record<WorkloadKind, WorkloadApi>>>;
   readonly cache: WorkloadReader;
   readonly decision: Omit<DecisionContext, 'knownBackup'>;
   readonly ledger: ImageLedger;
@@ -43,6 +46,8 @@ export class Reconciler {
    * object, the cache still holds that version; acting on it would only earn a refused patch.
    */
   readonly #patchedFrom = new Map<string, string>();
+  /** What each backed-up-only workload (by uid) was last told about its copies. */
+  readonly #announced = new Map<string, string>();
 
   constructor(options: ReconcilerOptions) {
     this.#options = options;
@@ -54,6 +59,7 @@ export class Reconciler {
     if (ref === undefined) return {};
     const { apis, cache, logger, ledger } = this.#options;
     const api = apis[ref.kind];
+    if (api === undefined) return {}; // a kind not watched (any more)
     let workload = this.#readFresh.delete(key)
       ? await api.read(ref.namespace, ref.name)
       : cache.get(ref.kind, ref.namespace, ref.name);
@@ -64,8 +70,9 @@ export class Reconciler {
     }
     if (workload === undefined) return {};
 
-    const decision = decide(workload, this.#context);
+    const decision = decide(ref.kind, workload, this.#context);
     const fields = { kind: ref.kind, namespace: ref.namespace, name: ref.name };
+    if (decision.action !== 'ignore' && decision.mode === 'backup-only') this.#announceBackups(ref, workload, decision.slots);
     if (decision.action === 'none') {
       logger.trace(fields, `${ref.kind} reconciler: nothing to do`);
       return {};
@@ -110,6 +117,32 @@ export class Reconciler {
       if (applied && decision.settled) logger.info(fields, `${ref.kind} reconciler: reconciliation successfully finished`);
     }
     return recheckInMs === undefined ? {} : { requeueAfterMs: recheckInMs };
+  }
+
+  /**
+   * A workload backed up but left as it is (backup-only, a Job, a Pod) hears once, in a Normal
+   * Event, where its images' copies are: when all are copied, and again when they change.
+   */
+  #announceBackups(ref: WorkloadRef, workload: Workload, slots: readonly SlotState[]): void {
+    if (slots.some((slot) => slot.state === 'missing')) return;
+    const copies = slots.flatMap((slot) => (slot.state === 'known' ? [`${slot.slot.image} → ${slot.target}`] : []));
+    const uid = workload.metadata?.uid;
+    if (copies.length === 0 || uid === undefined) return;
+    const said = copies.join(', ');
+    if (this.#announced.get(uid) === said) return;
+    this.#announced.delete(uid);
+    this.#announced.set(uid, said);
+    if (this.#announced.size > MAX_ANNOUNCED) this.#announced.delete(this.#announced.keys().next().value!);
+    this.#options.logger.info(
+      { kind: ref.kind, namespace: ref.namespace, name: ref.name, images: copies.length },
+      `${ref.kind} reconciler: images backed up, workload left as it is`,
+    );
+    this.#options.events.record(
+      { ...ref, uid, resourceVersion: workload.metadata?.resourceVersion },
+      'Normal',
+      'BackedUp',
+      `Images backed up (the workload is left as it is): ${said}`,
+    );
   }
 
   /** Applies the decision's patch; false when the object is gone. Throws StaleWorkloadError. */

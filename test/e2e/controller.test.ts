@@ -11,7 +11,13 @@
 
 import { createHmac, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { FINALIZER, OPT_OUT_ANNOTATION, type WorkloadKind } from '../../bridge/workload.ts';
+import {
+  FINALIZER,
+  MODE_ANNOTATION,
+  OPT_OUT_ANNOTATION,
+  ORIGINAL_IMAGES_ANNOTATION,
+  type WorkloadKind,
+} from '../../bridge/workload.ts';
 import { CALLBACK_HEADERS } from '../../functions/contract/index.ts';
 import { formatReference, parseReference } from '../../functions/contract/index.ts';
 import { dockerImage, ociImage, type TestImage } from '../../testbed/images.ts';
@@ -41,7 +47,13 @@ interface Workload {
     deletionTimestamp?: string;
     annotations?: Record<string, string>;
   };
-  spec: { template: { spec: { containers: Container[]; initContainers?: Container[] } } };
+  spec: Record<string, unknown>;
+}
+
+interface PodSpec {
+  containers: Container[];
+  initContainers?: Container[];
+  ephemeralContainers?: Container[];
 }
 
 interface KubeEvent {
@@ -74,9 +86,15 @@ async function get(kind: WorkloadKind, name: string, namespace: string): Promise
   return JSON.parse(result.stdout) as Workload;
 }
 
+/** The pod spec of any kind: a CronJob's is under jobTemplate, a Pod's is its spec. */
+function podSpecOf(workload: Workload): PodSpec {
+  const spec = workload.spec as { template?: { spec: PodSpec }; jobTemplate?: { spec: { template: { spec: PodSpec } } } };
+  return spec.jobTemplate?.spec.template.spec ?? spec.template?.spec ?? (workload.spec as unknown as PodSpec);
+}
+
 const imagesOf = (workload: Workload) => [
-  ...(workload.spec.template.spec.initContainers ?? []).map((container) => container.image),
-  ...workload.spec.template.spec.containers.map((container) => container.image),
+  ...(podSpecOf(workload).initContainers ?? []).map((container) => container.image),
+  ...podSpecOf(workload).containers.map((container) => container.image),
 ];
 
 const holdsFinalizer = (workload: Workload) => (workload.metadata.finalizers ?? []).includes(FINALIZER);
@@ -86,22 +104,44 @@ function manifest(
   name: string,
   namespace: string,
   images: readonly string[],
-  options: { finalizer?: boolean; annotations?: Record<string, string> } = {},
+  options: { finalizer?: boolean; annotations?: Record<string, string>; owner?: { kind: string; name: string } } = {},
 ): string {
   const labels = { app: name };
+  const containers = images.map((image, index) => ({ name: `c${index}`, image }));
+  const template = (restartPolicy?: string) => ({
+    metadata: { labels },
+    spec: { containers, ...(restartPolicy && { restartPolicy }) },
+  });
+  const specs: Record<WorkloadKind, unknown> = {
+    Deployment: { selector: { matchLabels: labels }, template: template() },
+    DaemonSet: { selector: { matchLabels: labels }, template: template() },
+    StatefulSet: { selector: { matchLabels: labels }, serviceName: name, template: template() },
+    CronJob: { schedule: '0 3 * * *', jobTemplate: { spec: { template: template('OnFailure') } } },
+    Job: { template: template('Never') },
+    Pod: { containers },
+  };
   return JSON.stringify({
-    apiVersion: 'apps/v1',
+    apiVersion: {
+      Deployment: 'apps/v1',
+      DaemonSet: 'apps/v1',
+      StatefulSet: 'apps/v1',
+      CronJob: 'batch/v1',
+      Job: 'batch/v1',
+      Pod: 'v1',
+    }[kind],
     kind,
     metadata: {
       name,
       namespace,
       ...(options.finalizer !== false && { finalizers: [FINALIZER] }),
       ...(options.annotations && { annotations: options.annotations }),
+      ...(options.owner && {
+        ownerReferences: [
+          { apiVersion: 'apps/v1', ...options.owner, uid: '0c0ffee0-0000-4000-8000-000000000000', controller: true },
+        ],
+      }),
     },
-    spec: {
-      selector: { matchLabels: labels },
-      template: { metadata: { labels }, spec: { containers: images.map((image, index) => ({ name: `c${index}`, image })) } },
-    },
+    spec: specs[kind],
   });
 }
 
@@ -243,7 +283,7 @@ describe('image clone controller, end to end', () => {
     expect(deployment.metadata.finalizers ?? []).toEqual([]);
     expect(daemonSet.metadata.finalizers ?? []).toEqual([]);
     // Only the images changed: the rest of the spec is as applied.
-    expect(daemonSet.spec.template.spec.containers[0]).toMatchObject({ name: 'node-exporter', args: ['--path.rootfs=/host'] });
+    expect(podSpecOf(daemonSet).containers[0]).toMatchObject({ name: 'node-exporter', args: ['--path.rootfs=/host'] });
 
     // The backup registry holds each image digest-exact: every platform, attestations included.
     for (const { reference, image } of images.values()) await system.verifyBackup(reference, image);
@@ -279,7 +319,7 @@ describe('image clone controller, end to end', () => {
     for (const { reference } of images.values()) expect(cloneRequestsFor(reference)).toHaveLength(1);
   });
 
-  it('leaves kube-system, ignored namespaces and opted-out workloads alone', async () => {
+  it('never writes kube-system, and leaves ignored namespaces and opted-out workloads alone', async () => {
     const kubeProxy = await seedImage('kube-proxy');
     const coredns = await seedImage('coredns');
     const optedOut = await seedImage('opted-out');
@@ -290,20 +330,27 @@ describe('image clone controller, end to end', () => {
       manifest('Deployment', 'opted-out', namespace, [optedOut.reference], { annotations: { [OPT_OUT_ANNOTATION]: 'true' } }),
     );
     const plainBefore = (await get('DaemonSet', 'e2e-kube-proxy', 'kube-system'))!;
+    const corednsBefore = (await get('Deployment', 'e2e-coredns', 'kube-system'))!;
     untouchedVersion = plainBefore.metadata.resourceVersion;
 
-    // Workloads carrying the finalizer are released without a copy and with their images as they were.
-    await converged('Deployment', 'e2e-coredns', 'kube-system', [coredns.reference]);
+    // An opted-out workload carrying the finalizer is released without a copy, its images as they were.
     await converged('Deployment', 'opted-out', namespace, [optedOut.reference]);
     expect((await events(namespace, 'opted-out')).map((event) => event.message)).toContain(
       'Not backed up (opted out); finalizer removed',
     );
 
-    // One without it is not written at all.
+    // kube-system is never written, its finalizer not even released (the README says how its
+    // owner removes it), and gets no Event; by the time the opted-out one was released, the bridge
+    // had looked at these too.
     await sleep(1_000);
     expect((await get('DaemonSet', 'e2e-kube-proxy', 'kube-system'))!.metadata.resourceVersion).toBe(
       plainBefore.metadata.resourceVersion,
     );
+    const corednsNow = (await get('Deployment', 'e2e-coredns', 'kube-system'))!;
+    expect(corednsNow.metadata.resourceVersion).toBe(corednsBefore.metadata.resourceVersion);
+    expect(holdsFinalizer(corednsNow)).toBe(true);
+    expect(await events('kube-system', 'e2e-coredns')).toEqual([]);
+    expect(cloneRequestsFor(coredns.reference)).toEqual([]);
     // The controller's own namespace (IGNORE_NAMESPACES in the ConfigMap) is left alone too.
     const own = (await get('Deployment', 'image-cloner-deployment', CONTROLLER_NAMESPACE))!;
     expect(imagesOf(own)).toEqual(['ghcr.io/image-clone-controller/image-clone-controller:latest']);
@@ -313,6 +360,89 @@ describe('image clone controller, end to end', () => {
       expect(await system.hasBackup(image.reference)).toBe(false);
     }
     expect(cloneRequestsFor('ghcr.io/image-clone-controller/image-clone-controller:latest')).toEqual([]);
+  });
+
+  it('backs up every kind: StatefulSets and CronJobs pinned, Jobs and Pods without an owner as they are', async () => {
+    const database = await seedImage('database');
+    const nightly = await seedImage('nightly', ociImage);
+    const once = await seedImage('once');
+    const loose = await seedImage('loose');
+    const debugger_ = await seedImage('debugger');
+    const owned = await seedImage('owned-by-a-replicaset');
+    const namespace = await createNamespace('e2e-kinds');
+    await apply(manifest('StatefulSet', 'db', namespace, [database.reference]));
+    await apply(manifest('CronJob', 'nightly', namespace, [nightly.reference]));
+    await apply(manifest('Job', 'once', namespace, [once.reference]));
+    await apply(manifest('Pod', 'loose', namespace, [loose.reference], { finalizer: false }));
+    await apply(
+      manifest('Pod', 'web-7d9-x', namespace, [owned.reference], {
+        finalizer: false,
+        owner: { kind: 'ReplicaSet', name: 'web-7d9' },
+      }),
+    );
+    await kubectl([
+      'patch',
+      'pod',
+      'loose',
+      '-n',
+      namespace,
+      '--subresource=ephemeralcontainers',
+      '--type=strategic',
+      '-p',
+      JSON.stringify({ spec: { ephemeralContainers: [{ name: 'debug', image: debugger_.reference }] } }),
+    ]);
+
+    // Pinned by digest, released, and what ran before recorded.
+    const db = await converged('StatefulSet', 'db', namespace, [database.target]);
+    const cron = await converged('CronJob', 'nightly', namespace, [nightly.target]);
+    expect(JSON.parse(db.metadata.annotations![ORIGINAL_IMAGES_ANNOTATION]!)).toEqual({ c0: database.reference });
+    expect(JSON.parse(cron.metadata.annotations![ORIGINAL_IMAGES_ANNOTATION]!)).toEqual({ c0: nightly.reference });
+    expect(logLines('StatefulSet reconciler: starting reconciliation', { namespace }).length).toBeGreaterThan(0);
+    expect(logLines('CronJob reconciler: reconciliation successfully finished', { namespace }).length).toBeGreaterThan(0);
+
+    // A Job and a Pod are copied, told so, released, and never rewritten; the Pod's ephemeral
+    // container too.
+    const backedUp = async (name: string) =>
+      (await events(namespace, name)).find((event) => event.reason === 'BackedUp')?.message;
+    await waitFor('the Job and the Pod to hear where their copies are', async () =>
+      (await backedUp('once')) !== undefined && (await backedUp('loose'))?.includes(debugger_.target) ? true : undefined,
+    );
+    expect(await backedUp('once')).toContain(once.target);
+    expect(await backedUp('loose')).toContain(loose.target);
+    const job = (await get('Job', 'once', namespace))!;
+    expect(imagesOf(job)).toEqual([once.reference]);
+    expect(holdsFinalizer(job)).toBe(false);
+    expect(imagesOf((await get('Pod', 'loose', namespace))!)).toEqual([loose.reference]);
+    for (const seeded of [database, nightly, once, loose, debugger_]) await system.verifyBackup(seeded.reference, seeded.image);
+
+    // A ReplicaSet's Pod is its owner's business: not copied, no Event of its own.
+    expect(cloneRequestsFor(owned.reference)).toEqual([]);
+    expect(await events(namespace, 'web-7d9-x')).toEqual([]);
+  });
+
+  it('backs up only, template untouched, where the namespace or the workload says backup-only', async () => {
+    const gitops = await seedImage('gitops-app');
+    const pinned = await seedImage('gitops-pinned');
+    const own = await seedImage('own-choice');
+    const namespace = await createNamespace('e2e-gitops');
+    await kubectl(['annotate', 'namespace', namespace, `${MODE_ANNOTATION}=backup-only`]);
+    const plain = await createNamespace('e2e-own-choice');
+    await apply(manifest('Deployment', 'app', namespace, [gitops.reference]));
+    await apply(manifest('Deployment', 'pinned', namespace, [pinned.reference], { annotations: { [MODE_ANNOTATION]: 'pin' } }));
+    await apply(manifest('Deployment', 'own', plain, [own.reference], { annotations: { [MODE_ANNOTATION]: 'backup-only' } }));
+
+    // The workload's own annotation wins over its namespace's.
+    await converged('Deployment', 'pinned', namespace, [pinned.target]);
+    // Copied and released, the template as it was, nothing recorded: nothing was replaced.
+    for (const [name, ns, seeded] of [
+      ['app', namespace, gitops],
+      ['own', plain, own],
+    ] as const) {
+      const workload = await converged('Deployment', name, ns, [seeded.reference]);
+      expect(workload.metadata.annotations?.[ORIGINAL_IMAGES_ANNOTATION]).toBeUndefined();
+      await system.verifyBackup(seeded.reference, seeded.image);
+      expect((await events(ns, name)).map((event) => event.message)).toContainEqual(expect.stringContaining(seeded.target));
+    }
   });
 
   it('leaves workloads that already run from the backup alone', async () => {

@@ -212,7 +212,7 @@ describe('bridge against a real kube-apiserver', () => {
             return api.patch(namespace, workloadName, operations);
           },
         });
-        return { Deployment: interposed(apis.Deployment), DaemonSet: interposed(apis.DaemonSet) };
+        return Object.fromEntries(Object.entries(apis).map(([kind, api]) => [kind, interposed(api!)]));
       },
       tuning: {
         informer: { restartBaseMs: 200, restartMaxMs: 2_000 },
@@ -230,6 +230,18 @@ describe('bridge against a real kube-apiserver', () => {
     await kubectl(['apply', '-f', `${repoRoot}k8s/rbac`]);
     await kubectl(['apply', '-f', `${repoRoot}k8s/secrets`]);
     await kubectl(['apply', '-f', `${repoRoot}k8s/setup/cloner-deployment.yml`]);
+    // The backup location is the ConfigMap's, as an operator sets it: the admission guardrails read
+    // it there to hold the bridge's image patches to the backup.
+    await kubectl([
+      'patch',
+      'configmap',
+      'image-cloner-config',
+      '-n',
+      NAMESPACE,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ data: { BACKUP_REGISTRY: backup.registry, BACKUP_NAMESPACE: backup.namespace } }),
+    ]);
     ignoreNamespaces = (
       await kubectl(['get', 'configmap', 'image-cloner-config', '-n', NAMESPACE, '-o', 'jsonpath={.data.IGNORE_NAMESPACES}'])
     ).trim();

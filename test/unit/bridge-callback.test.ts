@@ -276,7 +276,7 @@ describe('callback: results checked against the bridge’s own mapping', () => {
   });
 
   it('ignores context keys that are not workload keys', async () => {
-    await post(callback({ context: { workloads: ['Pod/default/x', 'nonsense', KEY] } }));
+    await post(callback({ context: { workloads: ['ReplicaSet/default/x', 'nonsense', KEY] } }));
     expect(enqueued).toEqual([KEY]);
   });
 });

@@ -146,7 +146,7 @@ describe('workload keys', () => {
       namespace: 'ns',
       name: 'agent',
     });
-    for (const key of ['Pod/ns/x', 'Deployment/ns', 'Deployment//x', 'Deployment/ns/x/y', ''])
+    for (const key of ['ReplicaSet/ns/x', 'Deployment/ns', 'Deployment//x', 'Deployment/ns/x/y', ''])
       expect(parseWorkloadKey(key)).toBeUndefined();
   });
 });

@@ -3,6 +3,7 @@ import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { WorkloadApi } from '../../bridge/kube/api.ts';
 import { WorkloadInformer } from '../../bridge/kube/informers.ts';
+import { slimWorkload } from '../../bridge/kube/workload-cache.ts';
 import { bridgeMetrics, metricValue, type BridgeMetrics } from '../../bridge/metrics.ts';
 import type { Workload } from '../../bridge/workload.ts';
 
@@ -87,7 +88,7 @@ beforeEach(() => {
   }) as unknown as typeof makeInformer;
   informer = new WorkloadInformer({
     kubeConfig: new KubeConfig(),
-    api,
+    collection: { ...api, project: (object) => slimWorkload('Deployment', object) },
     logger: pino({ level: 'silent' }),
     metrics,
     onChange: (workload: Workload, change) => changes.push({ name: workload.metadata?.name ?? undefined, change }),

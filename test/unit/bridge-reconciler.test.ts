@@ -7,7 +7,7 @@ import type { EventSink, EventType, InvolvedObject } from '../../bridge/kube/eve
 import { bridgeMetrics, metricValue, type BridgeMetrics } from '../../bridge/metrics.ts';
 import type { JsonPatchOperation } from '../../bridge/reconcile/patch.ts';
 import { Reconciler, StaleWorkloadError } from '../../bridge/reconcile/reconciler.ts';
-import { FINALIZER, type Workload, type WorkloadKind } from '../../bridge/workload.ts';
+import { ORIGINAL_IMAGES_ANNOTATION, FINALIZER, type Workload, type WorkloadKind } from '../../bridge/workload.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 
 const backup = backupLocation('registry.example.com', 'backup');
@@ -48,7 +48,7 @@ class FakeApi implements WorkloadApi {
   };
 }
 
-let apis: Record<WorkloadKind, FakeApi>;
+let apis: { Deployment: FakeApi; DaemonSet: FakeApi };
 let cached: Map<string, Workload>;
 let ledger: ImageLedger;
 let requests: { key: string; sources: readonly string[] }[];
@@ -78,7 +78,7 @@ beforeEach(() => {
   reconciler = new Reconciler({
     apis,
     cache: { get: (kind, namespace, name) => cached.get(`${kind}/${namespace}/${name}`) },
-    decision: { backup, ignoredNamespaces: new Set(['kube-system']) },
+    decision: { backup, ignoredNamespaces: new Set(['kube-system']), defaultMode: 'pin' },
     ledger,
     cloneClient: {
       request: (key, sources) => {
@@ -118,6 +118,9 @@ describe('reconciler', () => {
       [
         { op: 'test', path: '/spec/template/spec/containers/0/image', value: 'nginx:1.27' },
         { op: 'replace', path: '/spec/template/spec/containers/0/image', value: NGINX_TARGET },
+        // What ran before, for a revert or an uninstall.
+        { op: 'test', path: '/metadata/resourceVersion', value: '7' },
+        { op: 'add', path: '/metadata/annotations', value: { [ORIGINAL_IMAGES_ANNOTATION]: '{"web":"nginx:1.27"}' } },
         { op: 'test', path: '/metadata/finalizers/0', value: FINALIZER },
         { op: 'remove', path: '/metadata/finalizers/0' },
       ],
@@ -201,21 +204,18 @@ describe('reconciler', () => {
     expect(messages()).not.toContain('Deployment reconciler: reconciliation successfully finished');
   });
 
-  it('only releases the finalizer of a kube-system workload, and leaves one without it untouched', async () => {
-    cached.set('Deployment/kube-system/web', workload('kube-system', 'nginx:1.27'));
-    await reconciler.reconcile('Deployment/kube-system/web');
-    expect(apis.Deployment.patches).toEqual([
-      [
-        { op: 'test', path: '/metadata/finalizers/0', value: FINALIZER },
-        { op: 'remove', path: '/metadata/finalizers/0' },
-      ],
-    ]);
+  it('never writes a kube-system workload, even one carrying the finalizer', async () => {
+    for (const finalizers of [[FINALIZER], []]) {
+      cached.set('Deployment/kube-system/web', workload('kube-system', 'nginx:1.27', finalizers));
+      expect(await reconciler.reconcile('Deployment/kube-system/web')).toEqual({});
+    }
+    expect(apis.Deployment.patches).toEqual([]);
     expect(requests).toEqual([]);
-    expect(events.map((event) => event.reason)).toEqual(['Released']);
-
-    cached.set('Deployment/kube-system/web', workload('kube-system', 'nginx:1.27', []));
-    await reconciler.reconcile('Deployment/kube-system/web');
-    expect(apis.Deployment.patches).toHaveLength(1);
+    expect(events).toEqual([]);
+    // The same workload elsewhere is acted on: the rule is kube-system's alone.
+    cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
+    await reconciler.reconcile('Deployment/default/web');
+    expect(requests).toHaveLength(1);
   });
 
   it('does nothing, quietly, for a workload already backed up', async () => {

@@ -10,6 +10,8 @@ import { reuseConnections } from '../../bridge/kube/connections.ts';
 import { listInPages, slimWorkload } from '../../bridge/kube/workload-cache.ts';
 import { decide } from '../../bridge/reconcile/decide.ts';
 import { FINALIZER, OPT_OUT_ANNOTATION } from '../../bridge/workload.ts';
+
+const deployments = (object: unknown) => slimWorkload('Deployment', object);
 import { backupLocation } from '../../functions/contract/index.ts';
 
 /** A Deployment as the API server serves it, with the bulk the bridge never reads. */
@@ -50,12 +52,14 @@ function servedDeployment(overrides: { annotations?: Record<string, string>; del
 
 describe('slimWorkload', () => {
   it('keeps exactly the fields the bridge reads, containers in their places', () => {
-    expect(slimWorkload(servedDeployment({ deletionTimestamp: '2026-11-27T00:00:00Z' }))).toEqual({
+    expect(slimWorkload('Deployment', servedDeployment({ deletionTimestamp: '2026-11-27T00:00:00Z' }))).toEqual({
       metadata: {
         name: 'web',
         namespace: 'shop',
         uid: 'a1b2',
         resourceVersion: '42',
+        // None the bridge reads, but the object has annotations (how a patch adds one depends on it).
+        annotations: {},
         finalizers: [FINALIZER],
         deletionTimestamp: '2026-11-27T00:00:00Z',
       },
@@ -71,15 +75,15 @@ describe('slimWorkload', () => {
   });
 
   it('keeps the opt-out annotation and drops the others', () => {
-    const slim = slimWorkload(servedDeployment({ annotations: { [OPT_OUT_ANNOTATION]: 'true', other: 'x' } }));
+    const slim = slimWorkload('Deployment', servedDeployment({ annotations: { [OPT_OUT_ANNOTATION]: 'true', other: 'x' } }));
     expect(slim.metadata?.annotations).toEqual({ [OPT_OUT_ANNOTATION]: 'true' });
   });
 
   it('is idempotent and tolerates objects without metadata or spec', () => {
-    const once = slimWorkload(servedDeployment());
-    expect(slimWorkload(once)).toEqual(once);
-    expect(slimWorkload(undefined)).toEqual({});
-    expect(slimWorkload({ metadata: { name: 'x' } })).toEqual({ metadata: { name: 'x' } });
+    const once = slimWorkload('Deployment', servedDeployment());
+    expect(slimWorkload('Deployment', once)).toEqual(once);
+    expect(slimWorkload('Deployment', undefined)).toEqual({});
+    expect(slimWorkload('Deployment', { metadata: { name: 'x' } })).toEqual({ metadata: { name: 'x' } });
   });
 
   it('leads to the same decision as the full object', () => {
@@ -89,14 +93,73 @@ describe('slimWorkload', () => {
       // One image already backed up, so the decision both copies and replaces.
       knownBackup: (source: string) =>
         source === 'docker.io/library/nginx:1.27' ? 'registry.example.com/backup/nginx:1.27@sha256:' + 'a'.repeat(64) : undefined,
+      defaultMode: 'pin' as const,
     };
     for (const object of [
       servedDeployment(),
       servedDeployment({ annotations: { [OPT_OUT_ANNOTATION]: 'true' } }),
       servedDeployment({ deletionTimestamp: '2026-11-27T00:00:00Z' }),
     ]) {
-      expect(decide(slimWorkload(object), context)).toEqual(decide(object, context));
+      expect(decide('Deployment', slimWorkload('Deployment', object), context)).toEqual(decide('Deployment', object, context));
     }
+  });
+});
+
+describe('slimWorkload: every kind', () => {
+  it("keeps a CronJob's pod spec where it is, under jobTemplate", () => {
+    const cronJob = {
+      metadata: { name: 'nightly', namespace: 'a', labels: { x: 'y' } },
+      spec: {
+        schedule: '0 3 * * *',
+        jobTemplate: {
+          spec: { backoffLimit: 2, template: { spec: { containers: [{ name: 'job', image: 'busybox:1.36', args: ['x'] }] } } },
+        },
+      },
+    };
+    expect(slimWorkload('CronJob', cronJob)).toEqual({
+      metadata: { name: 'nightly', namespace: 'a' },
+      spec: { jobTemplate: { spec: { template: { spec: { containers: [{ name: 'job', image: 'busybox:1.36' }] } } } } },
+    });
+  });
+
+  it("keeps a Pod's ephemeral containers, pull secrets and ServiceAccount", () => {
+    const pod = {
+      metadata: { name: 'p', namespace: 'a' },
+      spec: {
+        serviceAccountName: 'builder',
+        imagePullSecrets: [{ name: 'regcred' }, {}],
+        containers: [{ name: 'app', image: 'nginx:1.27', resources: {} }],
+        ephemeralContainers: [{ name: 'debug', image: 'busybox:1.36', stdin: true }],
+        nodeName: 'n1',
+      },
+      status: { phase: 'Running' },
+    };
+    expect(slimWorkload('Pod', pod)).toEqual({
+      metadata: { name: 'p', namespace: 'a' },
+      spec: {
+        containers: [{ name: 'app', image: 'nginx:1.27' }],
+        ephemeralContainers: [{ name: 'debug', image: 'busybox:1.36' }],
+        imagePullSecrets: [{ name: 'regcred' }],
+        serviceAccountName: 'builder',
+      },
+    });
+  });
+
+  it('keeps a Pod or Job that has an owner as little more than its name', () => {
+    const owned = {
+      metadata: {
+        name: 'web-7d9-x',
+        namespace: 'a',
+        uid: 'u',
+        ownerReferences: [{ kind: 'ReplicaSet', name: 'web-7d9', controller: true }],
+      },
+      spec: { containers: [{ name: 'app', image: 'nginx:1.27' }] },
+    };
+    expect(slimWorkload('Pod', owned)).toEqual({
+      metadata: { name: 'web-7d9-x', namespace: 'a', uid: 'u', ownerReferences: [{ controller: true }] },
+    });
+    // A Deployment's owner (rare, an operator's) does not make it someone else's: it is watched as any.
+    expect(slimWorkload('Deployment', { ...owned, spec: { template: { spec: owned.spec } } }).spec).toBeDefined();
   });
 });
 
@@ -108,7 +171,7 @@ describe('listInPages', () => {
       ['t1', { rv: '100', next: 't2', names: ['c'] }],
       ['t2', { rv: '100', names: ['d'] }],
     ]);
-    const list = await listInPages(async (token) => {
+    const list = await listInPages(deployments, async (token) => {
       asked.push(token);
       const page = pages.get(token)!;
       return {
@@ -124,7 +187,7 @@ describe('listInPages', () => {
 
   it('fails as a whole when a page fails', async () => {
     await expect(
-      listInPages(async (token) => {
+      listInPages(deployments, async (token) => {
         if (token === undefined) return { metadata: { _continue: 'next' }, items: [] };
         throw new Error('410 Gone: continue token expired');
       }),
