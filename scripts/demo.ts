@@ -11,6 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import {
   containersOf,
+  podSpecOf,
   EXAMPLE_IMAGES,
   sleep,
   startSystem,
@@ -26,6 +27,8 @@ import { REPO_ROOT } from '../testbed/processes.ts';
 const EXAMPLES = [
   { kind: 'deployment', name: 'nginx' },
   { kind: 'daemonset', name: 'node-exporter' },
+  { kind: 'statefulset', name: 'redis' },
+  { kind: 'cronjob', name: 'nightly-report' },
 ] as const;
 
 const tty = process.stdout.isTTY === true;
@@ -88,12 +91,10 @@ async function workloads(current: System): Promise<Workload[]> {
 function printWorkloads(list: readonly Workload[]): void {
   for (const workload of list) {
     say(`  ${workload.kind} ${workload.metadata.namespace}/${workload.metadata.name}`);
+    const podSpec = podSpecOf(workload);
     const containers = [
-      ...(workload.spec.template.spec.initContainers ?? []).map((container) => ({
-        ...container,
-        name: `${container.name} (init)`,
-      })),
-      ...workload.spec.template.spec.containers,
+      ...(podSpec.initContainers ?? []).map((container) => ({ ...container, name: `${container.name} (init)` })),
+      ...podSpec.containers,
     ];
     const width = Math.max(...containers.map((container) => container.name.length));
     for (const container of containers) say(`    ${container.name.padEnd(width)}  ${container.image}`);
@@ -119,6 +120,7 @@ const LOG_MESSAGES = [
   'DaemonSet reconciler: image pointed at its backup',
   'DaemonSet reconciler: finalizer released',
   'DaemonSet reconciler: reconciliation successfully finished',
+  'CronJob reconciler: reconciliation successfully finished',
 ];
 
 function pickLogLines(bridge: BridgeProcess): LogLine[] {

@@ -59,7 +59,15 @@ export interface ExampleImage {
   readonly build: () => TestImage;
 }
 
-/** The images of k8s/setup/app-deployment.yml and app-daemonset.yml, built by code. */
+/** The images of the example workloads of k8s/setup (EXAMPLE_WORKLOAD_FILES), built by code. */
+/** The example workloads the demo applies and the e2e test backs up. */
+export const EXAMPLE_WORKLOAD_FILES = [
+  'k8s/setup/app-deployment.yml',
+  'k8s/setup/app-daemonset.yml',
+  'k8s/setup/app-statefulset.yml',
+  'k8s/setup/app-cronjob.yml',
+] as const;
+
 export const EXAMPLE_IMAGES: readonly ExampleImage[] = [
   { original: 'nginx:1.27', repository: 'library/nginx', tag: '1.27', build: () => dockerManifestList('example/nginx:1.27') },
   {
@@ -73,6 +81,13 @@ export const EXAMPLE_IMAGES: readonly ExampleImage[] = [
     repository: 'prometheus/node-exporter',
     tag: 'v1.8.2',
     build: () => ociIndexWithAttestations('example/node-exporter:v1.8.2'),
+  },
+  { original: 'redis:7.4', repository: 'library/redis', tag: '7.4', build: () => dockerManifestList('example/redis:7.4') },
+  {
+    original: 'alpine:3.20',
+    repository: 'library/alpine',
+    tag: '3.20',
+    build: () => ociIndexWithAttestations('example/alpine:3.20'),
   },
 ];
 
@@ -334,7 +349,7 @@ export interface Container {
   readonly image: string;
 }
 
-/** A Deployment or DaemonSet as `kubectl get -o json` shows it: the fields the harness's users read. */
+/** A workload of any kind as `kubectl get -o json` shows it: the fields the harness's users read. */
 export interface Workload {
   readonly kind: string;
   readonly metadata: {
@@ -346,16 +361,25 @@ export interface Workload {
     readonly deletionTimestamp?: string;
     readonly annotations?: Readonly<Record<string, string>>;
   };
-  readonly spec: {
-    readonly template: {
-      readonly spec: { readonly containers: readonly Container[]; readonly initContainers?: readonly Container[] };
-    };
-  };
+  readonly spec: Readonly<Record<string, unknown>>;
 }
 
-/** Every container of the pod template, init containers first (as a pod starts them). */
+export interface PodSpec {
+  readonly containers: readonly Container[];
+  readonly initContainers?: readonly Container[];
+  readonly ephemeralContainers?: readonly Container[];
+}
+
+/** The pod spec of any kind: a CronJob's is under jobTemplate, a Pod's is its spec. */
+export function podSpecOf(workload: Workload): PodSpec {
+  const spec = workload.spec as { template?: { spec: PodSpec }; jobTemplate?: { spec: { template: { spec: PodSpec } } } };
+  return spec.jobTemplate?.spec.template.spec ?? spec.template?.spec ?? (workload.spec as unknown as PodSpec);
+}
+
+/** Every container of the pod spec, init containers first (as a pod starts them). */
 export function containersOf(workload: Workload): Container[] {
-  return [...(workload.spec.template.spec.initContainers ?? []), ...workload.spec.template.spec.containers];
+  const podSpec = podSpecOf(workload);
+  return [...(podSpec.initContainers ?? []), ...podSpec.containers];
 }
 
 // --- the system ---------------------------------------------------------------------------------
@@ -615,8 +639,7 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
         throw new Error(`kubectl get ${kind} ${namespace}/${name} failed: ${result.stderr.trim()}`);
       },
       exampleWorkloads: async () => {
-        const files = ['k8s/setup/app-deployment.yml', 'k8s/setup/app-daemonset.yml'];
-        const texts = await Promise.all(files.map((file) => readFile(join(REPO_ROOT, file), 'utf8')));
+        const texts = await Promise.all(EXAMPLE_WORKLOAD_FILES.map((file) => readFile(join(REPO_ROOT, file), 'utf8')));
         return texts.map((text) => rewriteImageHosts(text, sourceHost)).join('\n---\n');
       },
       seed: async (repository, tag, image) => {

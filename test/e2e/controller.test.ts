@@ -22,39 +22,18 @@ import { CALLBACK_HEADERS } from '../../functions/contract/index.ts';
 import { formatReference, parseReference } from '../../functions/contract/index.ts';
 import { dockerImage, ociImage, type TestImage } from '../../testbed/images.ts';
 import {
+  containersOf,
   CONTROLLER_NAMESPACE,
   EXAMPLE_IMAGES,
+  podSpecOf,
   sleep,
   startSystem,
   waitFor,
   type BridgeProcess,
   type LogLine,
   type System,
+  type Workload,
 } from '../../testbed/system.ts';
-
-interface Container {
-  name: string;
-  image: string;
-}
-
-interface Workload {
-  metadata: {
-    name: string;
-    namespace: string;
-    uid: string;
-    resourceVersion: string;
-    finalizers?: string[];
-    deletionTimestamp?: string;
-    annotations?: Record<string, string>;
-  };
-  spec: Record<string, unknown>;
-}
-
-interface PodSpec {
-  containers: Container[];
-  initContainers?: Container[];
-  ephemeralContainers?: Container[];
-}
 
 interface KubeEvent {
   type: string;
@@ -77,25 +56,9 @@ let leader: BridgeProcess;
 
 const kubectl = (args: readonly string[], input?: string) => system.kubectl(args, input);
 
-async function get(kind: WorkloadKind, name: string, namespace: string): Promise<Workload | undefined> {
-  const result = await system.cluster.kubectl(['get', kind.toLowerCase(), name, '-n', namespace, '-o', 'json']);
-  if (result.code !== 0) {
-    if (result.stderr.includes('NotFound')) return undefined;
-    throw new Error(result.stderr);
-  }
-  return JSON.parse(result.stdout) as Workload;
-}
+const get = (kind: WorkloadKind, name: string, namespace: string) => system.workload(kind, name, namespace);
 
-/** The pod spec of any kind: a CronJob's is under jobTemplate, a Pod's is its spec. */
-function podSpecOf(workload: Workload): PodSpec {
-  const spec = workload.spec as { template?: { spec: PodSpec }; jobTemplate?: { spec: { template: { spec: PodSpec } } } };
-  return spec.jobTemplate?.spec.template.spec ?? spec.template?.spec ?? (workload.spec as unknown as PodSpec);
-}
-
-const imagesOf = (workload: Workload) => [
-  ...(podSpecOf(workload).initContainers ?? []).map((container) => container.image),
-  ...podSpecOf(workload).containers.map((container) => container.image),
-];
+const imagesOf = (workload: Workload) => containersOf(workload).map((container) => container.image);
 
 const holdsFinalizer = (workload: Workload) => (workload.metadata.finalizers ?? []).includes(FINALIZER);
 
@@ -260,7 +223,7 @@ describe('image clone controller, end to end', () => {
     }),
   );
 
-  it('backs up, pins and releases the example Deployment and DaemonSet from k8s/setup', async () => {
+  it('backs up, pins and releases the example Deployment, DaemonSet, StatefulSet and CronJob from k8s/setup', async () => {
     const started = Date.now();
     await apply(await system.exampleWorkloads());
     const images = new Map(
@@ -277,6 +240,8 @@ describe('image clone controller, end to end', () => {
     // The pod templates point at the backups, pinned by the digest of what the source serves.
     const deployment = await converged('Deployment', 'nginx', 'default', [nginx.target]);
     const daemonSet = await converged('DaemonSet', 'node-exporter', 'default', [busybox.target, exporter.target]);
+    await converged('StatefulSet', 'redis', 'default', [images.get('redis:7.4')!.target]);
+    await converged('CronJob', 'nightly-report', 'default', [images.get('alpine:3.20')!.target]);
     expect(nginx.target).toMatch(
       new RegExp(`^${system.backup.host}/backupacct/[a-z0-9_-]+library_nginx:1\\.27@sha256:[a-f0-9]{64}$`),
     );
