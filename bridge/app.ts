@@ -18,6 +18,7 @@ import { loadKubeConfig, workloadApis, type WorkloadApis } from './kube/api.ts';
 import { reuseConnections } from './kube/connections.ts';
 import { EventRecorder } from './kube/events.ts';
 import { namespaceCollection } from './kube/namespaces.ts';
+import { PullSecrets } from './kube/pull-secrets.ts';
 import { LeaderElector, type LeaderElectionOptions } from './kube/leader-election.ts';
 import { bridgeMetrics, type BridgeMetrics } from './metrics.ts';
 import { Controller, type ControllerOptions } from './reconcile/controller.ts';
@@ -67,6 +68,11 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
 
   const metrics = bridgeMetrics({ queue: () => controller?.queue });
   const ledger = new ImageLedger(options.tuning?.ledger);
+  // Kept across terms of leadership: a Secret read a minute ago is still good.
+  const pullSecrets = new PullSecrets({
+    kubeConfig,
+    onError: (what, error) => logger.warn({ what, error }, 'pull secret not readable; copying without it'),
+  });
   const events = new EventRecorder({ kubeConfig, logger, instance: identity, onDropped: () => metrics.eventsDropped.inc() });
   const intake = new ResultIntake({
     backup: config.backup,
@@ -103,12 +109,17 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     'bridge listening',
   );
   if (config.callbackUnused !== undefined) logger.info({ reason: config.callbackUnused }, 'CALLBACK_URL not used');
+  if (config.credentialsWithheld !== undefined) {
+    logger.warn({ reason: config.credentialsWithheld }, "workloads' pull-secret credentials are not sent to the function");
+  }
 
   const startLeading = () => {
     controller = new Controller({
       kubeConfig,
       apis,
       namespaces: namespaceCollection(kubeConfig),
+      pullSecrets,
+      ...(config.credentialsWithheld !== undefined && { credentialsWithheld: config.credentialsWithheld }),
       decision: { backup: config.backup, ignoredNamespaces: config.ignoredNamespaces, defaultMode: config.defaultMode },
       workers: config.workers,
       resyncMs: config.resyncSeconds * 1000,

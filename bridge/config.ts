@@ -36,6 +36,11 @@ export interface BridgeConfig {
   readonly callbackUrl: string | undefined;
   /** Why a CALLBACK_URL that was set is not used (the function cannot reach it), for the start log. */
   readonly callbackUnused?: string;
+  /**
+   * Why workloads' pull-secret credentials are not sent to the function: FUNCTION_URL is plain
+   * HTTP to a host outside the cluster. Undefined: they are sent.
+   */
+  readonly credentialsWithheld?: string;
   readonly backup: BackupLocation;
   /** Always holds kube-system. */
   readonly ignoredNamespaces: ReadonlySet<string>;
@@ -137,6 +142,9 @@ export function loadConfig(env: Environment, sources: ConfigSources = {}): Bridg
     callbackSecret: values.CALLBACK_SECRET,
     callbackUrl: callbackUnused === undefined ? values.CALLBACK_URL : undefined,
     ...(callbackUnused !== undefined && { callbackUnused }),
+    ...(crossesNetworkInPlainText(new URL(functionUrl)) && {
+      credentialsWithheld: `FUNCTION_URL (${new URL(functionUrl).host}) is plain HTTP outside the cluster`,
+    }),
     backup,
     ignoredNamespaces: values.IGNORE_NAMESPACES,
     watchKinds: values.WATCH_KINDS,
@@ -177,6 +185,23 @@ function isOutsideCluster(functionUrl: URL): boolean {
  */
 export function canReach(functionUrl: string, callbackUrl: string): boolean {
   return !(isClusterServiceHost(new URL(callbackUrl).hostname) && isOutsideCluster(new URL(functionUrl)));
+}
+
+/**
+ * Plain HTTP to a host that is plainly not in the cluster (nor this machine): a Service name, a
+ * short name, a private or loopback address count as inside. Credentials never travel so.
+ */
+export function crossesNetworkInPlainText(url: URL): boolean {
+  if (url.protocol !== 'http:') return false;
+  const host = url.hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  if (isClusterServiceHost(host) || !host.includes('.') || host === 'localhost') return false;
+  return !isPrivateAddress(host);
+}
+
+function isPrivateAddress(host: string): boolean {
+  if (isIP(host) === 4) return /^(10\.|127\.|192\.168\.|172\.(1[6-9]|2\d|3[01])\.)/.test(host);
+  if (isIP(host) === 6) return host === '::1' || /^f[cd]/.test(host);
+  return false;
 }
 
 function readServiceAccountNamespace(): string | undefined {

@@ -94,7 +94,7 @@ export function callbackEndpoint(options: CallbackEndpointOptions): Hono {
 
     const { results, malformed } = parseResults(payload.results);
     if (malformed > 0) metrics.callbackRejections.inc({ reason: 'malformed_result' }, malformed);
-    const summary = intake.accept(results, context.data?.workloads ?? []);
+    const summary = intake.accept(results, context.data ?? {});
     logger.debug(
       { job: payload.job, accepted: summary.accepted, failed: summary.failed, rejected: summary.rejected.length },
       'callback received',

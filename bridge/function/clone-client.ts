@@ -14,11 +14,13 @@ import {
   cloneEventSchema,
   DEFAULT_MAX_IMAGES_PER_REQUEST,
   resultsAnswerSchema,
+  type BridgeContext,
 } from '../../functions/contract/index.ts';
 import { describeError } from '../../lib/errors.ts';
 import { Semaphore } from '../../lib/semaphore.ts';
 import type { BridgeMetrics } from '../metrics.ts';
 import { parseWorkloadKey } from '../workload.ts';
+import type { CopyOrder } from './grants.ts';
 import type { ImageLedger } from './image-ledger.ts';
 import type { ResultIntake } from './intake.ts';
 import { parseResults } from './results.ts';
@@ -77,42 +79,47 @@ export class CloneClient {
     return this.#options.callbackUrl === undefined ? 'synchronous' : 'callback';
   }
 
-  /** Requests the sources `key` needs that nobody has asked for yet; never waits for a copy. */
-  request(key: string, sources: readonly string[]): CloneRequestOutcome {
+  /**
+   * Requests the copies `key` needs that nobody has asked for yet (a copy with other credentials
+   * is another copy); never waits for one. Plain sources are copies without credentials.
+   */
+  request(key: string, copies: readonly (CopyOrder | string)[]): CloneRequestOutcome {
     const { ledger } = this.#options;
     const now = this.#now();
-    const send: string[] = [];
+    const send: CopyOrder[] = [];
     let recheckAt: number | undefined;
     const recheck = (at: number) => (recheckAt = recheckAt === undefined ? at : Math.min(recheckAt, at));
 
-    for (const source of new Set(sources)) {
-      const status = ledger.status(source);
+    const orders = new Map(copies.map((copy) => (typeof copy === 'string' ? { source: copy, key: copy } : copy)).map((o) => [o.key, o]));
+    for (const order of orders.values()) {
+      const status = ledger.status(order.key);
       if (status.state === 'in-flight') {
-        ledger.wait(source, key);
+        ledger.wait(order.key, key);
         recheck(status.until);
       } else if (status.state === 'failed') {
-        ledger.wait(source, key);
+        ledger.wait(order.key, key);
         recheck(status.retryAt);
       } else if (status.state === 'backed-up') {
         recheck(now);
       } else {
-        send.push(source);
+        send.push(order);
       }
     }
     if (send.length > 0) {
       const until = now + this.#options.cloneTimeoutMs;
-      for (const source of send) {
-        ledger.begin(source, until);
-        ledger.wait(source, key);
+      for (const order of send) {
+        ledger.begin(order.key, until);
+        ledger.wait(order.key, key);
       }
       recheck(until);
-      for (let start = 0; start < send.length; start += this.#maxImages) {
-        const request = this.#post(key, send.slice(start, start + this.#maxImages));
+      // One request carries each source once: the function answers by source.
+      for (const batch of batches(send, this.#maxImages)) {
+        const request = this.#post(key, batch);
         this.#requests.add(request);
         void request.finally(() => this.#requests.delete(request));
       }
     }
-    return { sent: send, recheckInMs: recheckAt === undefined ? undefined : Math.max(0, recheckAt - now) };
+    return { sent: send.map((order) => order.source), recheckInMs: recheckAt === undefined ? undefined : Math.max(0, recheckAt - now) };
   }
 
   /** Waits for the requests in progress (synchronous ones last as long as their copies). */
@@ -120,30 +127,42 @@ export class CloneClient {
     while (this.#requests.size > 0) await Promise.all([...this.#requests]);
   }
 
-  async #post(key: string, images: readonly string[]): Promise<void> {
+  async #post(key: string, orders: readonly CopyOrder[]): Promise<void> {
     const queued = this.#slots.used >= this.#maxConcurrent;
     await this.#slots.run(async () => {
       if (queued) {
         // Time spent waiting for a slot is not the copy's: its deadline starts when it is sent.
         const until = this.#now() + this.#options.cloneTimeoutMs;
-        for (const image of images) this.#options.ledger.begin(image, until);
+        for (const order of orders) this.#options.ledger.begin(order.key, until);
       }
-      await this.#send(key, images);
+      await this.#send(key, orders);
     });
   }
 
-  async #send(key: string, images: readonly string[]): Promise<void> {
+  async #send(key: string, orders: readonly CopyOrder[]): Promise<void> {
     const { functionUrl, authToken, callbackUrl, cloneTimeoutMs, intake, metrics, logger } = this.#options;
     const workload = parseWorkloadKey(key);
-    for (const image of images) {
+    const images = orders.map((order) => order.source);
+    for (const order of orders) {
       logger.info(
-        { image, kind: workload?.kind, namespace: workload?.namespace, name: workload?.name },
+        {
+          image: order.source,
+          kind: workload?.kind,
+          namespace: workload?.namespace,
+          name: workload?.name,
+          ...(order.grant && { pullSecret: order.grant.secret }),
+        },
         'Image Cloner: starting cloning process',
       );
     }
+    // Which images carried the workload's own credentials: their results are kept apart.
+    const grants = Object.fromEntries(
+      orders.flatMap((order) => (order.grant ? [[order.source, { id: order.grant.id, secret: order.grant.secret }]] : [])),
+    );
+    const context: BridgeContext = { workloads: [key], ...(Object.keys(grants).length > 0 && { grants }) };
     const body = JSON.stringify({
-      images,
-      ...(callbackUrl !== undefined && { callback: { url: callbackUrl, context: { workloads: [key] } } }),
+      images: orders.map((order) => (order.grant ? { image: order.source, credentials: order.grant.credentials } : order.source)),
+      ...(callbackUrl !== undefined && { callback: { url: callbackUrl, context } }),
     });
     const settled = new Set<string>();
     const started = this.#now();
@@ -182,7 +201,7 @@ export class CloneClient {
         const { results, malformed } = parseResults(entries);
         if (malformed > 0) metrics.callbackRejections.inc({ reason: 'malformed_result' }, malformed);
         const fresh = results.filter((result) => !settled.has(result.source));
-        for (const source of intake.accept(fresh, [key]).settled) settled.add(source);
+        for (const source of intake.accept(fresh, context).settled) settled.add(source);
       };
       if ((response.headers.get('content-type') ?? '').includes('ndjson')) {
         await readLines(response, (line) => {
@@ -209,9 +228,23 @@ export class CloneClient {
         { error: message, images: unsettled.length, kind: workload?.kind, namespace: workload?.namespace, name: workload?.name },
         'request to the clone function failed',
       );
-      intake.failRequest(unsettled, message, [key]);
+      intake.failRequest(unsettled, message, context);
     }
   }
+}
+
+/**
+ * Requests of at most `size` orders, no source twice in one (the function answers by source): a
+ * second copy of a source (other credentials) goes in the next request.
+ */
+function batches(orders: readonly CopyOrder[], size: number): CopyOrder[][] {
+  const result: CopyOrder[][] = [];
+  for (const order of orders) {
+    const open = result.find((batch) => batch.length < size && !batch.some((other) => other.source === order.source));
+    if (open) open.push(order);
+    else result.push([order]);
+  }
+  return result;
 }
 
 /** Calls `onLine` for each non-empty line of a streamed body; a throw from it ends the read. */

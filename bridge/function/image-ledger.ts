@@ -26,7 +26,7 @@ interface Entry {
   inFlightUntil?: number;
   /** When the request in flight was sent, for the latency of its result. */
   sentAt?: number;
-  failure?: { failures: number; retryAt: number; error: string };
+  failure?: { failures: number; retryAt: number; error: string; reason?: string };
   /** Created when a workload first waits, dropped when they are released: most entries have none. */
   waiters?: Set<string>;
 }
@@ -94,15 +94,23 @@ export class ImageLedger {
     return this.#release(entry);
   }
 
-  /** Records a failed copy and when to try again; returns the workloads that waited for it. */
-  fail(source: string, error: string): { waiters: string[]; retryInMs: number; failures: number } {
+  /**
+   * Records a failed copy and when to try again; returns the workloads that waited for it.
+   * `reason`: what the source said about the image (a result's reason, e.g. source_not_found).
+   */
+  fail(source: string, error: string, reason?: string): { waiters: string[]; retryInMs: number; failures: number } {
     const entry = this.#entry(source);
     const failures = (entry.failure?.failures ?? 0) + 1;
     const retryInMs = equalJitterDelay(failures - 1, this.#failureBackoff, this.#random);
-    entry.failure = { failures, retryAt: this.#now() + retryInMs, error };
+    entry.failure = { failures, retryAt: this.#now() + retryInMs, error, ...(reason !== undefined && { reason }) };
     entry.inFlightUntil = undefined;
     entry.sentAt = undefined;
     return { waiters: this.#release(entry), retryInMs, failures };
+  }
+
+  /** What the source said when the last copy failed (until a copy succeeds or the entry expires). */
+  failureReason(source: string): string | undefined {
+    return this.#entries.get(source)?.failure?.reason;
   }
 
   /** Drops what has expired and waits for nothing; called now and then (on resync). */

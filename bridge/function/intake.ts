@@ -5,10 +5,17 @@
 // failed copy is told on the workloads that wanted it, as a Warning Event.
 
 import type { Logger } from 'pino';
-import type { BackupLocation, CloneResult } from '../../functions/contract/index.ts';
+import {
+  FAILURE_REASONS,
+  parseReference,
+  type BackupLocation,
+  type BridgeContext,
+  type CloneResult,
+} from '../../functions/contract/index.ts';
 import type { EventSink } from '../kube/events.ts';
 import type { BridgeMetrics } from '../metrics.ts';
 import { parseWorkloadKey, type WorkloadReader } from '../workload.ts';
+import { copyKey } from './grants.ts';
 import type { ImageLedger } from './image-ledger.ts';
 import { checkResult, type ResultRejection } from './results.ts';
 
@@ -31,6 +38,29 @@ export interface IntakeSummary {
   readonly settled: readonly string[];
 }
 
+/** A failed copy as the intake learns of it. */
+interface Failure {
+  readonly error: string;
+  /** What the source said about the image (a result's reason). */
+  readonly reason?: string | undefined;
+  /** The pull secret whose credentials the request carried, if any. */
+  readonly secret?: string | undefined;
+}
+
+/** The failure as the workload's owner reads it: what to do where the source asked for credentials. */
+function explain(source: string, failure: Failure): string {
+  if (failure.reason !== FAILURE_REASONS.sourceUnauthorized) return failure.error;
+  let registry: string;
+  try {
+    registry = parseReference(source).registry;
+  } catch {
+    return failure.error;
+  }
+  return failure.secret !== undefined
+    ? `${failure.error}; ${registry} refused the credentials of imagePullSecret "${failure.secret}": check that secret`
+    : `${failure.error}; ${registry} wants credentials: add an imagePullSecret for ${registry} to the pod template or its ServiceAccount`;
+}
+
 export class ResultIntake {
   readonly #options: IntakeOptions;
 
@@ -39,13 +69,16 @@ export class ResultIntake {
   }
 
   /**
-   * `contextKeys` are the workloads the request was made for (callback.context), so results
-   * reach them even when this process did not make the request (it restarted since).
+   * `context` names the workloads the request was made for (callback.context), so results reach
+   * them even when this process did not make the request (it restarted since), and the images
+   * that carried a workload's credentials: their outcome is kept apart from any other copy's.
    */
-  accept(results: readonly CloneResult[], contextKeys: readonly string[]): IntakeSummary {
+  accept(results: readonly CloneResult[], requestContext: BridgeContext): IntakeSummary {
     const { backup, ledger, metrics, logger } = this.#options;
-    const keys = new Set(contextKeys.filter((key) => parseWorkloadKey(key) !== undefined));
+    const keys = new Set((requestContext.workloads ?? []).filter((key) => parseWorkloadKey(key) !== undefined));
     const context = [...keys];
+    const grants = requestContext.grants ?? {};
+    const keyOf = (source: string) => copyKey(source, grants[source]?.id);
     let accepted = 0;
     let failed = 0;
     const rejected: { source: string; reason: ResultRejection; detail: string }[] = [];
@@ -56,11 +89,11 @@ export class ResultIntake {
       settled.push(checked.source);
       const status = checked.outcome === 'backed-up' ? checked.status : checked.outcome;
       metrics.imageResults.inc({ status });
-      const sinceSent = ledger.sinceSent(checked.source);
+      const sinceSent = ledger.sinceSent(keyOf(checked.source));
       if (sinceSent !== undefined) metrics.cloneLatency.observe({ status }, sinceSent / 1000);
       if (checked.outcome === 'backed-up') {
         accepted++;
-        for (const key of ledger.succeed(checked.source, checked.target, checked.digest)) keys.add(key);
+        for (const key of ledger.succeed(keyOf(checked.source), checked.target, checked.digest)) keys.add(key);
         logger.info(
           {
             image: checked.source,
@@ -74,13 +107,14 @@ export class ResultIntake {
         );
       } else if (checked.outcome === 'failed') {
         failed++;
-        this.#fail(checked.source, checked.error, context, keys);
+        const failure = { error: checked.error, reason: result.reason, secret: grants[checked.source]?.secret };
+        this.#fail(checked.source, keyOf(checked.source), failure, context, keys);
       } else {
         rejected.push({ source: checked.source, reason: checked.reason, detail: checked.detail });
         metrics.callbackRejections.inc({ reason: checked.reason });
         logger.warn({ image: checked.source, reason: checked.reason, detail: checked.detail }, 'Image Cloner: result refused');
         // A refused result is a failed copy as far as the workload is concerned: retried later.
-        this.#fail(checked.source, `result refused (${checked.reason})`, context, keys);
+        this.#fail(checked.source, keyOf(checked.source), { error: `result refused (${checked.reason})` }, context, keys);
       }
     }
     for (const key of keys) this.#options.enqueue(key);
@@ -88,17 +122,19 @@ export class ResultIntake {
   }
 
   /** A whole request failed (the function unreachable, an error answer, a cut-off stream). */
-  failRequest(sources: readonly string[], error: string, contextKeys: readonly string[]): void {
-    const keys = new Set<string>(contextKeys);
-    for (const source of sources) this.#fail(source, error, contextKeys, keys);
+  failRequest(sources: readonly string[], error: string, requestContext: BridgeContext): void {
+    const context = requestContext.workloads ?? [];
+    const keys = new Set<string>(context);
+    for (const source of sources) this.#fail(source, copyKey(source, requestContext.grants?.[source]?.id), { error }, context, keys);
     for (const key of keys) this.#options.enqueue(key);
   }
 
-  #fail(source: string, error: string, context: readonly string[], keys: Set<string>): void {
-    const { waiters, retryInMs, failures } = this.#options.ledger.fail(source, error);
+  #fail(source: string, ledgerKey: string, failure: Failure, context: readonly string[], keys: Set<string>): void {
+    const { error, reason } = failure;
+    const { waiters, retryInMs, failures } = this.#options.ledger.fail(ledgerKey, error, reason);
     for (const key of waiters) keys.add(key);
-    this.#options.logger.warn({ image: source, error, failures, retryInMs }, 'Image Cloner: cloning failed');
-    this.#tellFailure(waiters.length > 0 ? waiters : context, source, error);
+    this.#options.logger.warn({ image: source, error, reason, failures, retryInMs }, 'Image Cloner: cloning failed');
+    this.#tellFailure(waiters.length > 0 ? waiters : context, source, explain(source, failure));
   }
 
   /** A Warning Event on each workload that wanted the copy and still exists. */

@@ -23,7 +23,7 @@ import {
   type WorkloadReader,
 } from '../workload.ts';
 import { modeOf, type DecisionContext } from './decide.ts';
-import { Reconciler, StaleWorkloadError } from './reconciler.ts';
+import { Reconciler, StaleWorkloadError, type ReconcilerOptions } from './reconciler.ts';
 import { WorkQueue, type WorkQueueOptions } from './work-queue.ts';
 
 export interface ControllerOptions {
@@ -32,7 +32,10 @@ export interface ControllerOptions {
   readonly apis: Readonly<Partial<Record<WorkloadKind, WorkloadApi>>>;
   /** Namespaces, for their mode annotation; absent, only workloads' own annotations count. */
   readonly namespaces?: WatchedCollection;
-  readonly decision: Omit<DecisionContext, 'knownBackup' | 'namespaceMode'>;
+  readonly decision: Omit<DecisionContext, 'knownBackup' | 'namespaceMode' | 'goneAtSource'>;
+  /** Workloads' pull secrets, read by name (absent: every copy without credentials). */
+  readonly pullSecrets?: ReconcilerOptions['pullSecrets'];
+  readonly credentialsWithheld?: string;
   readonly workers: number;
   readonly resyncMs: number;
   readonly ledger: ImageLedger;
@@ -85,6 +88,8 @@ export class Controller implements WorkloadReader {
       events: options.events,
       metrics,
       logger,
+      ...(options.pullSecrets && { pullSecrets: options.pullSecrets }),
+      ...(options.credentialsWithheld !== undefined && { credentialsWithheld: options.credentialsWithheld }),
     });
     this.queue = new WorkQueue((key) => reconciler.reconcile(key), {
       ...options.queue,

@@ -61,6 +61,11 @@ export type Decision =
       readonly copy: readonly string[];
       readonly replacements: readonly ImageReplacement[];
       readonly releaseFinalizer: boolean;
+      /**
+       * Sources the workload's finalizer was released without: it is being deleted and they are
+       * gone at the source (nothing is left to protect).
+       */
+      readonly releasedGone: readonly string[];
       readonly patch: readonly JsonPatchOperation[];
       /** True when, once the patch is applied, the workload needs nothing more. */
       readonly settled: boolean;
@@ -76,6 +81,8 @@ export interface DecisionContext {
   readonly defaultMode: Mode;
   /** The mode a namespace's annotation names, if any. */
   readonly namespaceMode?: (namespace: string) => Mode | undefined;
+  /** Whether the source said a normalised source image is gone (its tag, manifest or repository). */
+  readonly goneAtSource?: (source: string) => boolean;
 }
 
 /**
@@ -144,7 +151,14 @@ export function decide(kind: WorkloadKind, workload: Workload, context: Decision
   // A workload on its way out without our finalizer will be gone before a copy could matter.
   if (deleting && !hasFinalizer(workload)) return { action: 'none', mode, slots };
 
-  const copy = [...new Set(slots.flatMap((slot) => (slot.state === 'missing' ? [slot.source] : [])))];
+  const wanted = [...new Set(slots.flatMap((slot) => (slot.state === 'missing' ? [slot.source] : [])))];
+  // A workload being deleted whose missing images are gone at the source has nothing left to
+  // protect: holding it would keep it (and its namespace) forever.
+  const releasedGone =
+    deleting && hasFinalizer(workload) && wanted.length > 0 && wanted.every((source) => context.goneAtSource?.(source) === true)
+      ? wanted
+      : [];
+  const copy = releasedGone.length > 0 ? [] : wanted;
   // The spec of a workload being deleted is left alone: only its release waits for the copies.
   const replacements =
     deleting || mode !== 'pin'
@@ -159,7 +173,18 @@ export function decide(kind: WorkloadKind, workload: Workload, context: Decision
   const patch = buildWorkloadPatch({ replacements, annotations, finalizers, finalizer: FINALIZER, releaseFinalizer });
 
   if (copy.length === 0 && patch.length === 0) return { action: 'none', mode, slots };
-  return { action: 'reconcile', mode, deleting, slots, copy, replacements, releaseFinalizer, patch, settled: copy.length === 0 };
+  return {
+    action: 'reconcile',
+    mode,
+    deleting,
+    slots,
+    copy,
+    replacements,
+    releaseFinalizer,
+    releasedGone,
+    patch,
+    settled: copy.length === 0,
+  };
 }
 
 /**

@@ -10,8 +10,24 @@ import type { ImageLedger } from '../function/image-ledger.ts';
 import { isStale, statusCode, type WorkloadApi } from '../kube/api.ts';
 import type { EventSink } from '../kube/events.ts';
 import type { BridgeMetrics } from '../metrics.ts';
-import { parseWorkloadKey, type Workload, type WorkloadKind, type WorkloadReader, type WorkloadRef } from '../workload.ts';
-import { decide, type Decision, type DecisionContext, type SlotState } from './decide.ts';
+import {
+  parseWorkloadKey,
+  podSpecOf,
+  PROTECTED_NAMESPACE,
+  type Workload,
+  type WorkloadKind,
+  type WorkloadReader,
+  type WorkloadRef,
+} from '../workload.ts';
+import {
+  FAILURE_REASONS,
+  formatReference,
+  isBackupImage,
+  parseReference,
+} from '../../functions/contract/index.ts';
+import { GrantIds, type CopyOrder } from '../function/grants.ts';
+import type { PullSecrets } from '../kube/pull-secrets.ts';
+import { decide, imageSlots, type Decision, type DecisionContext, type SlotState } from './decide.ts';
 
 /** Workloads whose BackedUp Event is remembered (oldest forgotten first: an Event told again). */
 const MAX_ANNOUNCED = 100_000;
@@ -20,7 +36,15 @@ import type { Outcome } from './work-queue.ts';
 export interface ReconcilerOptions {
   readonly apis: Readonly<Partial<Record<WorkloadKind, WorkloadApi>>>;
   readonly cache: WorkloadReader;
-  readonly decision: Omit<DecisionContext, 'knownBackup'>;
+  readonly decision: Omit<DecisionContext, 'knownBackup' | 'goneAtSource'>;
+  /**
+   * The credentials a workload could pull its images with (its pull secrets); absent: every copy
+   * is asked for without credentials.
+   */
+  readonly pullSecrets?: Pick<PullSecrets, 'secretNames' | 'grantFor'>;
+  readonly grantIds?: GrantIds;
+  /** Why a workload's credentials may not go to the function (plain HTTP outside the cluster). */
+  readonly credentialsWithheld?: string;
   readonly ledger: ImageLedger;
   readonly cloneClient: Pick<CloneClient, 'request'>;
   readonly events: EventSink;
@@ -38,7 +62,7 @@ export class StaleWorkloadError extends Error {
 
 export class Reconciler {
   readonly #options: ReconcilerOptions;
-  readonly #context: DecisionContext;
+  readonly #grantIds: GrantIds;
   /** Keys whose next reconcile reads from the API server: the cache was behind last time. */
   readonly #readFresh = new Set<string>();
   /**
@@ -51,7 +75,7 @@ export class Reconciler {
 
   constructor(options: ReconcilerOptions) {
     this.#options = options;
-    this.#context = { ...options.decision, knownBackup: (source) => options.ledger.backupOf(source) };
+    this.#grantIds = options.grantIds ?? new GrantIds();
   }
 
   async reconcile(key: string): Promise<Outcome> {
@@ -70,7 +94,15 @@ export class Reconciler {
     }
     if (workload === undefined) return {};
 
-    const decision = decide(ref.kind, workload, this.#context);
+    const orders = await this.#copyOrders(ref, workload);
+    const orderOf = (source: string) => orders.get(source) ?? { source, key: source };
+    const decision = decide(ref.kind, workload, {
+      ...this.#options.decision,
+      // A copy made with other credentials never serves this workload; one made without any does
+      // (its image was public, or the function's own credentials cover its registry).
+      knownBackup: (source) => ledger.backupOf(orderOf(source).key) ?? ledger.backupOf(source),
+      goneAtSource: (source) => ledger.failureReason(orderOf(source).key) === FAILURE_REASONS.sourceNotFound,
+    });
     const fields = { kind: ref.kind, namespace: ref.namespace, name: ref.name };
     if (decision.action !== 'ignore' && decision.mode === 'backup-only') this.#announceBackups(ref, workload, decision.slots);
     if (decision.action === 'none') {
@@ -110,13 +142,53 @@ export class Reconciler {
 
     let recheckInMs: number | undefined;
     if (decision.copy.length > 0) {
-      recheckInMs = this.#options.cloneClient.request(key, decision.copy).recheckInMs;
+      recheckInMs = this.#options.cloneClient.request(key, decision.copy.map(orderOf)).recheckInMs;
     }
     if (decision.patch.length > 0) {
       const applied = await this.#patch(key, ref, api, workload, decision);
       if (applied && decision.settled) logger.info(fields, `${ref.kind} reconciler: reconciliation successfully finished`);
     }
     return recheckInMs === undefined ? {} : { requeueAfterMs: recheckInMs };
+  }
+
+  /**
+   * For each source image the workload does not run from the backup yet: the copy it needs, with
+   * the credentials of its pull secrets where one applies to the image's registry (the kubelet's
+   * rules). Nothing is read for a workload that needs no copy, nor in a namespace never written.
+   */
+  async #copyOrders(ref: WorkloadRef, workload: Workload): Promise<Map<string, CopyOrder>> {
+    const orders = new Map<string, CopyOrder>();
+    const { pullSecrets, decision } = this.#options;
+    if (pullSecrets === undefined || ref.namespace === PROTECTED_NAMESPACE || decision.ignoredNamespaces.has(ref.namespace)) {
+      return orders;
+    }
+    const sources = imageSlots(ref.kind, workload).flatMap((slot) => {
+      try {
+        const reference = parseReference(slot.image);
+        return isBackupImage(reference, decision.backup) ? [] : [reference];
+      } catch {
+        return [];
+      }
+    });
+    if (sources.length === 0) return orders;
+    const secretNames = await pullSecrets.secretNames(ref.namespace, podSpecOf(ref.kind, workload));
+    if (secretNames.length === 0) return orders;
+    for (const reference of sources) {
+      const source = formatReference(reference);
+      if (orders.has(source)) continue;
+      const grant = await pullSecrets.grantFor(ref.namespace, secretNames, reference);
+      if (grant !== undefined && this.#options.credentialsWithheld !== undefined) {
+        this.#options.events.record(
+          { ...ref, uid: workload.metadata?.uid },
+          'Warning',
+          'CredentialsWithheld',
+          `The credentials of imagePullSecret "${grant.secret}" for ${reference.registry} are not sent: ${this.#options.credentialsWithheld}; ${source} is copied without them`,
+        );
+        continue;
+      }
+      orders.set(source, this.#grantIds.order(source, grant));
+    }
+    return orders;
   }
 
   /**
@@ -210,7 +282,18 @@ export class Reconciler {
       const list = decision.replacements.map((replacement) => `${replacement.from} → ${replacement.to}`).join(', ');
       events.record(object, 'Normal', 'BackedUp', `Images backed up and pinned: ${list}`);
     }
-    if (decision.releaseFinalizer) {
+    if (decision.releaseFinalizer && decision.releasedGone.length > 0) {
+      logger.warn(
+        { kind: ref.kind, namespace: ref.namespace, name: ref.name, images: decision.releasedGone },
+        `${ref.kind} reconciler: finalizer released, images gone at the source`,
+      );
+      events.record(
+        object,
+        'Warning',
+        'Released',
+        `Not backed up: ${decision.releasedGone.join(', ')} gone at the source (no such tag, manifest or repository); nothing left to protect, finalizer removed, deletion proceeds`,
+      );
+    } else if (decision.releaseFinalizer) {
       logger.info({ kind: ref.kind, namespace: ref.namespace, name: ref.name }, `${ref.kind} reconciler: finalizer released`);
       events.record(
         object,

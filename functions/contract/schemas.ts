@@ -140,7 +140,15 @@ export type CloneEvent =
 /** What the bridge puts in `callback.context`: the workloads the request was made for. */
 export const bridgeContextSchema = z.looseObject({
   workloads: z.array(z.string().max(600)).max(1000).optional(),
+  /**
+   * The images of the request that carried a workload's own credentials: source → an id naming
+   * those credentials (an HMAC, never the credentials) and the pull secret they came from.
+   */
+  grants: z
+    .record(z.string().max(1024), z.looseObject({ id: z.string().max(64), secret: z.string().max(253).optional() }))
+    .optional(),
 });
+export type BridgeContext = z.infer<typeof bridgeContextSchema>;
 
 /** The signed POST to `callback.url` once every image of a job is done. */
 export const callbackBodySchema = z.looseObject({

@@ -7,6 +7,7 @@ import type { EventSink, EventType, InvolvedObject } from '../../bridge/kube/eve
 import { bridgeMetrics, metricValue, type BridgeMetrics } from '../../bridge/metrics.ts';
 import type { JsonPatchOperation } from '../../bridge/reconcile/patch.ts';
 import { Reconciler, StaleWorkloadError } from '../../bridge/reconcile/reconciler.ts';
+import type { CopyOrder } from '../../bridge/function/grants.ts';
 import { ORIGINAL_IMAGES_ANNOTATION, FINALIZER, type Workload, type WorkloadKind } from '../../bridge/workload.ts';
 import { backupLocation } from '../../functions/contract/index.ts';
 
@@ -52,6 +53,7 @@ let apis: { Deployment: FakeApi; DaemonSet: FakeApi };
 let cached: Map<string, Workload>;
 let ledger: ImageLedger;
 let requests: { key: string; sources: readonly string[] }[];
+let orders: CopyOrder[];
 let events: { object: InvolvedObject; type: EventType; reason: string; message: string }[];
 let metrics: BridgeMetrics;
 let logs: Record<string, unknown>[];
@@ -62,6 +64,7 @@ beforeEach(() => {
   cached = new Map();
   ledger = new ImageLedger();
   requests = [];
+  orders = [];
   events = [];
   metrics = bridgeMetrics();
   logs = [];
@@ -81,7 +84,9 @@ beforeEach(() => {
     decision: { backup, ignoredNamespaces: new Set(['kube-system']), defaultMode: 'pin' },
     ledger,
     cloneClient: {
-      request: (key, sources) => {
+      request: (key, copies) => {
+        const sources = copies.map((copy) => (typeof copy === 'string' ? copy : copy.source));
+        orders.push(...copies.filter((copy): copy is CopyOrder => typeof copy !== 'string'));
         requests.push({ key, sources });
         return { sent: sources, recheckInMs: 30_000 };
       },
@@ -243,7 +248,142 @@ describe('reconciler', () => {
     ]);
   });
 
-  it('ignores keys that are not workload keys', async () => {
+  it('ignores keys that are not workload keys, and kinds not watched', async () => {
+    expect(await reconciler.reconcile('ReplicaSet/default/x')).toEqual({});
     expect(await reconciler.reconcile('Pod/default/x')).toEqual({});
+  });
+});
+
+describe("reconciler: a workload's own credentials", () => {
+  const PRIVATE = 'registry.example.org/team-a/app:1';
+  const teamA = { username: 'team-a', password: 'pull-secret-of-team-a' };
+  /** Pull secrets as a fake: which Secrets each namespace's workloads name, and what they unlock. */
+  const withPullSecrets = (options: { credentialsWithheld?: string } = {}) => {
+    const lookups: string[] = [];
+    const reconcilerWithSecrets = new Reconciler({
+      apis,
+      cache: { get: (kind, namespace, name) => cached.get(`${kind}/${namespace}/${name}`) },
+      decision: { backup, ignoredNamespaces: new Set(['kube-system']), defaultMode: 'pin' },
+      ledger,
+      cloneClient: {
+        request: (key, copies) => {
+          orders.push(...copies.filter((copy): copy is CopyOrder => typeof copy !== 'string'));
+          const sources = copies.map((copy) => (typeof copy === 'string' ? copy : copy.source));
+          requests.push({ key, sources });
+          return { sent: sources, recheckInMs: 30_000 };
+        },
+      },
+      events: { record: (object, type, reason, message) => events.push({ object, type, reason, message }) },
+      metrics,
+      logger: pino({ level: 'silent' }),
+      pullSecrets: {
+        secretNames: async (namespace) => (lookups.push(namespace), namespace === 'team-a' ? ['regcred'] : []),
+        grantFor: async (_namespace, names, image) =>
+          names.includes('regcred') && image.registry === 'registry.example.org'
+            ? { credentials: teamA, secret: 'regcred' }
+            : undefined,
+      },
+      ...options,
+    });
+    return { reconciler: reconcilerWithSecrets, lookups };
+  };
+  const put = (namespace: string, image: string) => cached.set(`Deployment/${namespace}/web`, workload(namespace, image));
+
+  it('asks for the copy with the credentials of the pull secret that applies to the registry', async () => {
+    const { reconciler: withSecrets } = withPullSecrets();
+    put('team-a', PRIVATE);
+    await withSecrets.reconcile('Deployment/team-a/web');
+    expect(orders).toEqual([
+      {
+        source: PRIVATE,
+        key: expect.stringMatching(/^registry\.example\.org\/team-a\/app:1 \S{22}$/),
+        grant: { credentials: teamA, secret: 'regcred', id: expect.any(String) },
+      },
+    ]);
+    // The grant's id names the credentials without them.
+    expect(orders[0]!.key).not.toContain(teamA.password);
+  });
+
+  it('never points a workload at a copy made with credentials it does not hold', async () => {
+    const { reconciler: withSecrets } = withPullSecrets();
+    put('team-a', PRIVATE);
+    await withSecrets.reconcile('Deployment/team-a/web');
+    // Team A's copy succeeded…
+    ledger.succeed(orders[0]!.key, `registry.example.com/backup/registry.example.org/team-a/app:1@${DIGEST}`, DIGEST);
+    // …team B, without the secret, still needs its own copy (which the source will refuse it).
+    put('team-b', PRIVATE);
+    await withSecrets.reconcile('Deployment/team-b/web');
+    expect(requests.at(-1)).toEqual({ key: 'Deployment/team-b/web', sources: [PRIVATE] });
+    expect(apis.Deployment.patches).toEqual([]);
+    // Team A is pinned to its copy.
+    await withSecrets.reconcile('Deployment/team-a/web');
+    expect(apis.Deployment.patches).toHaveLength(1);
+  });
+
+  it('uses a copy made without credentials for everyone: the image is public, or the nodes pull it alike', async () => {
+    const { reconciler: withSecrets } = withPullSecrets();
+    ledger.succeed(PRIVATE, `registry.example.com/backup/registry.example.org/team-a/app:1@${DIGEST}`, DIGEST);
+    put('team-a', PRIVATE);
+    await withSecrets.reconcile('Deployment/team-a/web');
+    expect(requests).toEqual([]);
+    expect(apis.Deployment.patches).toHaveLength(1);
+  });
+
+  it('withholds credentials the function would receive over plain HTTP outside the cluster, and says so', async () => {
+    const { reconciler: withSecrets } = withPullSecrets({
+      credentialsWithheld: 'FUNCTION_URL (clone.example.com) is plain HTTP outside the cluster',
+    });
+    put('team-a', PRIVATE);
+    await withSecrets.reconcile('Deployment/team-a/web');
+    expect(orders).toEqual([{ source: PRIVATE, key: PRIVATE }]);
+    expect(requests).toEqual([{ key: 'Deployment/team-a/web', sources: [PRIVATE] }]);
+    expect(events.map((event) => [event.type, event.reason])).toEqual([['Warning', 'CredentialsWithheld']]);
+    expect(events[0]!.message).toContain('imagePullSecret "regcred"');
+    expect(events[0]!.message).not.toContain(teamA.password);
+  });
+
+  it('reads no pull secret for a workload that runs from the backup already, nor in kube-system', async () => {
+    const { reconciler: withSecrets, lookups } = withPullSecrets();
+    put('team-a', NGINX_TARGET);
+    put('kube-system', PRIVATE);
+    await withSecrets.reconcile('Deployment/team-a/web');
+    await withSecrets.reconcile('Deployment/kube-system/web');
+    expect(lookups).toEqual([]);
+  });
+});
+
+describe('reconciler: a way out for a workload whose image is gone', () => {
+  const deleting = (image: string): Workload => ({
+    ...workload('default', image),
+    metadata: { ...workload('default', image).metadata, deletionTimestamp: '2026-12-07T10:00:00Z' },
+  });
+
+  it('releases a workload being deleted once the source says its image is gone, with a Warning', async () => {
+    cached.set('Deployment/default/web', deleting('nginx:1.27'));
+    await reconciler.reconcile('Deployment/default/web');
+    expect(requests).toHaveLength(1);
+    expect(apis.Deployment.patches).toEqual([]);
+    // A transient failure keeps it.
+    ledger.fail(NGINX, 'HTTP 503');
+    await reconciler.reconcile('Deployment/default/web');
+    expect(apis.Deployment.patches).toEqual([]);
+    // The source says the image is gone: nothing is left to protect.
+    ledger.fail(NGINX, 'docker.io/library/nginx:1.27 not found', 'source_not_found');
+    await reconciler.reconcile('Deployment/default/web');
+    expect(apis.Deployment.patches).toEqual([
+      [
+        { op: 'test', path: '/metadata/finalizers/0', value: FINALIZER },
+        { op: 'remove', path: '/metadata/finalizers/0' },
+      ],
+    ]);
+    expect(events.at(-1)).toMatchObject({ type: 'Warning', reason: 'Released' });
+    expect(events.at(-1)!.message).toContain('gone at the source');
+  });
+
+  it('keeps a workload that is not being deleted, gone image or not', async () => {
+    cached.set('Deployment/default/web', workload('default', 'nginx:1.27'));
+    ledger.fail(NGINX, 'not found', 'source_not_found');
+    await reconciler.reconcile('Deployment/default/web');
+    expect(apis.Deployment.patches).toEqual([]);
   });
 });
