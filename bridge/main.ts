@@ -1,9 +1,13 @@
 // The bridge's entry point: `node bridge/main.ts` (or dist/bridge/main.js in the container).
 // Configuration from the environment; SIGTERM stops the workers after their current reconcile,
 // releases the lease so a successor takes over at once, and exits.
+//
+// `node bridge/main.ts uninstall [--restore-images] [--dry-run]` undoes the controller's work
+// instead (bridge/uninstall.ts), with the credentials of KUBECONFIG.
 
 import { createLogger, startBridge } from './app.ts';
 import { ConfigError, loadConfig } from './config.ts';
+import { runUninstall } from './uninstall-command.ts';
 
 async function main(): Promise<void> {
   let config;
@@ -39,4 +43,7 @@ async function main(): Promise<void> {
   process.once('SIGINT', () => shutdown('SIGINT'));
 }
 
-if (import.meta.main) await main();
+if (import.meta.main) {
+  if (process.argv[2] === 'uninstall') process.exit(await runUninstall(process.argv.slice(3), process.env));
+  else await main();
+}

@@ -410,6 +410,8 @@ export interface System {
   readonly sourceProxy: FaultProxy;
   /** The source registry's host in image references: the proxy's, unless sourceThroughProxy is false. */
   readonly sourceHost: string;
+  /** A registry behind htpasswd: the function holds no credentials for it, workloads' pull secrets do. */
+  readonly privateSource: Registry;
   readonly backup: Registry;
   readonly backupSession: RegistrySession;
   readonly backupLocation: BackupLocation;
@@ -492,6 +494,8 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
     log('starting the source registry and the backup registry (token auth, like Docker Hub)');
     const source = await own(await startRegistry({ auth: 'none' }), (r) => r.stop());
     const backup = await own(await startRegistry({ auth: 'token' }), (r) => r.stop());
+    // A private registry too (htpasswd): only a workload's own pull secret gets its images copied.
+    const privateSource = await own(await startRegistry({ auth: 'htpasswd' }), (r) => r.stop());
     const sourceProxy = await own(await startFaultProxy(source.url), (p) => p.stop());
     const sourceHost = options.sourceThroughProxy === false ? source.host : sourceProxy.host;
     const backupSession = registrySession(backup.url, { credentials: backup.credentials! });
@@ -565,7 +569,7 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
       CALLBACK_SECRET: sharedSecrets.CALLBACK_SECRET!,
       REGISTRY_AUTH_FILE: registryAuthFile,
       // Loopback registries speak plain HTTP.
-      INSECURE_REGISTRIES: `${sourceProxy.host},${source.host},${backup.host}`,
+      INSECURE_REGISTRIES: `${sourceProxy.host},${source.host},${privateSource.host},${backup.host}`,
     };
 
     const startFunction = async () => {
@@ -620,6 +624,7 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
       source,
       sourceProxy,
       sourceHost,
+      privateSource,
       backup,
       backupSession,
       backupLocation: location,

@@ -90,7 +90,9 @@ export class CloneClient {
     let recheckAt: number | undefined;
     const recheck = (at: number) => (recheckAt = recheckAt === undefined ? at : Math.min(recheckAt, at));
 
-    const orders = new Map(copies.map((copy) => (typeof copy === 'string' ? { source: copy, key: copy } : copy)).map((o) => [o.key, o]));
+    const orders = new Map(
+      copies.map((copy) => (typeof copy === 'string' ? { source: copy, key: copy } : copy)).map((o) => [o.key, o]),
+    );
     for (const order of orders.values()) {
       const status = ledger.status(order.key);
       if (status.state === 'in-flight') {
@@ -119,7 +121,10 @@ export class CloneClient {
         void request.finally(() => this.#requests.delete(request));
       }
     }
-    return { sent: send.map((order) => order.source), recheckInMs: recheckAt === undefined ? undefined : Math.max(0, recheckAt - now) };
+    return {
+      sent: send.map((order) => order.source),
+      recheckInMs: recheckAt === undefined ? undefined : Math.max(0, recheckAt - now),
+    };
   }
 
   /** Waits for the requests in progress (synchronous ones last as long as their copies). */

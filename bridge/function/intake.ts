@@ -125,7 +125,8 @@ export class ResultIntake {
   failRequest(sources: readonly string[], error: string, requestContext: BridgeContext): void {
     const context = requestContext.workloads ?? [];
     const keys = new Set<string>(context);
-    for (const source of sources) this.#fail(source, copyKey(source, requestContext.grants?.[source]?.id), { error }, context, keys);
+    for (const source of sources)
+      this.#fail(source, copyKey(source, requestContext.grants?.[source]?.id), { error }, context, keys);
     for (const key of keys) this.#options.enqueue(key);
   }
 

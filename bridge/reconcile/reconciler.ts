@@ -19,12 +19,7 @@ import {
   type WorkloadReader,
   type WorkloadRef,
 } from '../workload.ts';
-import {
-  FAILURE_REASONS,
-  formatReference,
-  isBackupImage,
-  parseReference,
-} from '../../functions/contract/index.ts';
+import { FAILURE_REASONS, formatReference, isBackupImage, parseReference } from '../../functions/contract/index.ts';
 import { GrantIds, type CopyOrder } from '../function/grants.ts';
 import type { PullSecrets } from '../kube/pull-secrets.ts';
 import { decide, imageSlots, type Decision, type DecisionContext, type SlotState } from './decide.ts';

@@ -20,7 +20,10 @@ import {
 } from '../../bridge/workload.ts';
 import { CALLBACK_HEADERS } from '../../functions/contract/index.ts';
 import { formatReference, parseReference } from '../../functions/contract/index.ts';
-import { dockerImage, ociImage, type TestImage } from '../../testbed/images.ts';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { dockerImage, ociImage, pushImage, type TestImage } from '../../testbed/images.ts';
+import { REPO_ROOT } from '../../testbed/processes.ts';
 import {
   containersOf,
   CONTROLLER_NAMESPACE,
@@ -45,6 +48,37 @@ interface KubeEvent {
 }
 
 const normalise = (image: string) => formatReference(parseReference(image));
+
+interface NetworkPolicyPeer {
+  podSelector?: { matchLabels?: Record<string, string> };
+  namespaceSelector?: { matchLabels?: Record<string, string> };
+  ipBlock?: { cidr: string; except?: string[] };
+}
+
+interface NetworkPolicySpec {
+  podSelector: { matchLabels?: Record<string, string> };
+  ingress?: { from?: NetworkPolicyPeer[] }[];
+  egress?: { to?: NetworkPolicyPeer[] }[];
+}
+
+/** Runs a script of the repository as a user would, with the machine's PATH. */
+function runScript(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(join(REPO_ROOT, script), args, {
+      cwd: REPO_ROOT,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.on('close', (code) => resolve({ code, output }));
+  });
+}
 
 let system: System;
 /** The kube-system DaemonSet without our finalizer, as created: nothing may ever write it. */
@@ -367,13 +401,13 @@ describe('image clone controller, end to end', () => {
 
     // A Job and a Pod are copied, told so, released, and never rewritten; the Pod's ephemeral
     // container too.
-    const backedUp = async (name: string) =>
-      (await events(namespace, name)).find((event) => event.reason === 'BackedUp')?.message;
+    const told = async (name: string, target: string) =>
+      (await events(namespace, name)).some((event) => event.reason === 'BackedUp' && event.message.includes(target));
     await waitFor('the Job and the Pod to hear where their copies are', async () =>
-      (await backedUp('once')) !== undefined && (await backedUp('loose'))?.includes(debugger_.target) ? true : undefined,
+      (await told('once', once.target)) && (await told('loose', loose.target)) && (await told('loose', debugger_.target))
+        ? true
+        : undefined,
     );
-    expect(await backedUp('once')).toContain(once.target);
-    expect(await backedUp('loose')).toContain(loose.target);
     const job = (await get('Job', 'once', namespace))!;
     expect(imagesOf(job)).toEqual([once.reference]);
     expect(holdsFinalizer(job)).toBe(false);
@@ -684,5 +718,261 @@ describe('image clone controller, end to end', () => {
     expect(imagesOf(plain)).toEqual([`${system.sourceHost}/e2e/kube-proxy:1`]);
     expect(plain.metadata.resourceVersion).toBe(untouchedVersion);
     expect(cloneRequestsFor(`${system.sourceHost}/e2e/kube-proxy:1`)).toEqual([]);
+  });
+
+  it('copies a private image with the pull secret of the workload that names it, and refuses one without', async () => {
+    const { privateSource } = system;
+    const image = dockerImage('e2e/private-app');
+    await pushImage(privateSource.url, 'team/private-app', image, { tag: '1', credentials: privateSource.credentials! });
+    const reference = `${privateSource.host}/team/private-app:1`;
+    const target = system.backupOf(reference, image.root.digest);
+    const pullSecret = (namespace: string) =>
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Secret',
+        type: 'kubernetes.io/dockerconfigjson',
+        metadata: { name: 'regcred', namespace },
+        stringData: { '.dockerconfigjson': JSON.stringify({ auths: { [privateSource.host]: privateSource.credentials } }) },
+      });
+    const withSecrets = (namespace: string, name: string, secrets: string[]) => {
+      const object = JSON.parse(manifest('Deployment', name, namespace, [reference])) as { spec: { template: { spec: object } } };
+      if (secrets.length > 0)
+        Object.assign(object.spec.template.spec, { imagePullSecrets: secrets.map((secret) => ({ name: secret })) });
+      return JSON.stringify(object);
+    };
+
+    // Its own imagePullSecrets; its ServiceAccount's: copied and pinned.
+    const teamA = await createNamespace('e2e-team-a');
+    await apply(pullSecret(teamA));
+    await apply(withSecrets(teamA, 'app', ['regcred']));
+    const teamC = await createNamespace('e2e-team-c');
+    await apply(pullSecret(teamC));
+    await apply(
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'ServiceAccount',
+        metadata: { name: 'default', namespace: teamC },
+        imagePullSecrets: [{ name: 'regcred' }],
+      }),
+    );
+    await apply(withSecrets(teamC, 'app', []));
+    await converged('Deployment', 'app', teamA, [target]);
+    await converged('Deployment', 'app', teamC, [target]);
+    await system.verifyBackup(reference, image);
+
+    // Without a secret, the copy that exists already serves it no better: the source refuses it,
+    // and its owner is told what to do.
+    const teamB = await createNamespace('e2e-team-b');
+    await apply(withSecrets(teamB, 'app', []));
+    const warning = await waitFor('a Warning on the workload without a pull secret', async () =>
+      (await events(teamB, 'app')).find((event) => event.reason === 'BackupFailed'),
+    );
+    expect(warning.message).toContain(
+      `${privateSource.host} wants credentials: add an imagePullSecret for ${privateSource.host}`,
+    );
+    const refused = (await get('Deployment', 'app', teamB))!;
+    expect(imagesOf(refused)).toEqual([reference]);
+    expect(holdsFinalizer(refused)).toBe(true);
+
+    // The credentials never reached a log line.
+    const password = privateSource.credentials!.password;
+    expect(
+      logLines('Image Cloner: starting cloning process', { image: reference }).some((line) => line.pullSecret === 'regcred'),
+    ).toBe(true);
+    for (const bridge of system.bridges) expect(bridge.output()).not.toContain(password);
+    expect(system.cloneFunction()!.logs()).toContain(reference);
+    expect(system.cloneFunction()!.logs()).not.toContain(password);
+  });
+
+  it('lets a workload go whose image is gone at the source once it is deleted, with a Warning', async () => {
+    const namespace = await createNamespace('e2e-vanished');
+    const gone = `${system.sourceHost}/e2e/never-pushed:1`;
+    await apply(manifest('Deployment', 'orphan', namespace, [gone]));
+    await waitFor('the copy to fail', async () =>
+      (await events(namespace, 'orphan')).some((event) => event.reason === 'BackupFailed') ? true : undefined,
+    );
+    // Not being deleted: protected, as always.
+    expect(holdsFinalizer((await get('Deployment', 'orphan', namespace))!)).toBe(true);
+    await kubectl(['delete', 'deployment', 'orphan', '-n', namespace, '--wait=false']);
+    await waitFor('the deleted workload to go', async () =>
+      (await get('Deployment', 'orphan', namespace)) === undefined ? true : undefined,
+    );
+    const released = (await events(namespace, 'orphan')).find((event) => event.reason === 'Released')!;
+    expect(released).toMatchObject({ type: 'Warning' });
+    expect(released.message).toContain('gone at the source');
+  });
+
+  it("holds the bridge's ServiceAccount to its job through the admission guardrails, whatever its code", async () => {
+    const namespace = await createNamespace('e2e-guardrails');
+    await apply(manifest('Deployment', 'app', namespace, ['nginx:1.27'], { annotations: { team: 'a' } }));
+    await apply(manifest('CronJob', 'nightly', namespace, ['busybox:1.36']));
+    const asBridge = async (args: string[]) => {
+      const result = await system.cluster.kubectl([
+        ...args,
+        `--as=system:serviceaccount:${CONTROLLER_NAMESPACE}:image-cloner`,
+        '--dry-run=server',
+      ]);
+      return result.code === 0 ? 'allowed' : result.stderr.replace(/^[\s\S]*denied request: /, '').trim();
+    };
+    const patch = (kind: string, name: string, ns: string, operations: object[]) =>
+      asBridge(['patch', kind, name, '-n', ns, '--type=json', '-p', JSON.stringify(operations)]);
+    const pinned = `${system.backupLocation.registry}/${system.backupLocation.namespace}/nginx:1.27@sha256:${'a'.repeat(64)}`;
+    const image = '/spec/template/spec/containers/0/image';
+
+    expect(await patch('deployment', 'app', namespace, [{ op: 'replace', path: image, value: pinned }])).toBe('allowed');
+    expect(
+      await patch('cronjob', 'nightly', namespace, [
+        { op: 'replace', path: '/spec/jobTemplate/spec/template/spec/containers/0/image', value: pinned },
+      ]),
+    ).toBe('allowed');
+    expect(
+      await patch('deployment', 'app', namespace, [
+        { op: 'add', path: `/metadata/annotations/${ORIGINAL_IMAGES_ANNOTATION.replace('/', '~1')}`, value: '{}' },
+      ]),
+    ).toBe('allowed');
+    expect(await patch('deployment', 'app', namespace, [{ op: 'remove', path: '/metadata/finalizers/0' }])).toBe('allowed');
+
+    const denied: [string, Promise<string>][] = [
+      [
+        'an image elsewhere',
+        patch('deployment', 'app', namespace, [
+          { op: 'replace', path: image, value: `evil.example.com/x@sha256:${'a'.repeat(64)}` },
+        ]),
+      ],
+      [
+        'a backup not pinned by digest',
+        patch('deployment', 'app', namespace, [{ op: 'replace', path: image, value: pinned.replace(/@.*/, '') }]),
+      ],
+      [
+        'a command',
+        patch('deployment', 'app', namespace, [{ op: 'add', path: '/spec/template/spec/containers/0/command', value: ['sh'] }]),
+      ],
+      ['the replicas', patch('deployment', 'app', namespace, [{ op: 'add', path: '/spec/replicas', value: 9 }])],
+      ['a schedule', patch('cronjob', 'nightly', namespace, [{ op: 'replace', path: '/spec/schedule', value: '* * * * *' }])],
+      [
+        'another annotation',
+        patch('deployment', 'app', namespace, [{ op: 'replace', path: '/metadata/annotations/team', value: 'b' }]),
+      ],
+      ['a label', patch('deployment', 'app', namespace, [{ op: 'add', path: '/metadata/labels', value: { x: 'y' } }])],
+      ['kube-system', patch('daemonset', 'e2e-kube-proxy', 'kube-system', [{ op: 'replace', path: image, value: pinned }])],
+    ];
+    const messages = Object.fromEntries(await Promise.all(denied.map(async ([what, answer]) => [what, await answer])));
+    expect(messages).toMatchObject({
+      'an image elsewhere': expect.stringContaining('may only point images at the backup'),
+      'a backup not pinned by digest': expect.stringContaining('may only point images at backups pinned by digest'),
+      'a command': expect.stringContaining("may change nothing in a workload's spec but its container images"),
+      'the replicas': expect.stringContaining("may change nothing in a workload's spec but its container images"),
+      'a schedule': expect.stringContaining("may change nothing in a workload's spec but its container images"),
+      'another annotation': expect.stringContaining('may change only its own annotations'),
+      'a label': expect.stringContaining("may not change a workload's labels or owners"),
+      'kube-system': expect.stringContaining('writes nothing in kube-system'),
+    });
+    const event = await system.cluster.kubectl(
+      ['create', '-f', '-', `--as=system:serviceaccount:${CONTROLLER_NAMESPACE}:image-cloner`, '--dry-run=server'],
+      {
+        input: JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Event',
+          metadata: { name: 'probe.1', namespace: 'kube-system' },
+          involvedObject: { kind: 'DaemonSet', name: 'e2e-kube-proxy', namespace: 'kube-system' },
+          reason: 'BackedUp',
+          message: 'probe',
+          type: 'Normal',
+        }),
+      },
+    );
+    expect(event.stderr).toContain('writes nothing in kube-system');
+    // Events elsewhere stay allowed.
+    const elsewhere = await system.cluster.kubectl(
+      ['create', '-f', '-', `--as=system:serviceaccount:${CONTROLLER_NAMESPACE}:image-cloner`, '--dry-run=server'],
+      {
+        input: JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Event',
+          metadata: { name: 'probe.1', namespace },
+          involvedObject: { kind: 'Deployment', name: 'app', namespace },
+          reason: 'BackedUp',
+          message: 'probe',
+          type: 'Normal',
+        }),
+      },
+    );
+    expect(elsewhere.code, elsewhere.stderr).toBe(0);
+  });
+
+  it('ships NetworkPolicies that apply and select the function and the bridge', async () => {
+    const applied = JSON.parse(
+      await kubectl(['apply', '--dry-run=server', '-o', 'json', '-f', join(REPO_ROOT, 'k8s/setup/network-policies.yml')]),
+    ) as { items: { metadata: { name: string }; spec: NetworkPolicySpec }[] };
+    const policies = Object.fromEntries(applied.items.map((item) => [item.metadata.name, item.spec]));
+    const templateLabels = async (name: string) =>
+      (
+        JSON.parse(await kubectl(['get', 'deployment', name, '-n', CONTROLLER_NAMESPACE, '-o', 'json'])) as {
+          spec: { template: { metadata: { labels: Record<string, string> } } };
+        }
+      ).spec.template.metadata.labels;
+    const functionPods = await templateLabels('clone-function');
+    const bridgePods = await templateLabels('image-cloner-deployment');
+    const selects = (selector: { matchLabels?: Record<string, string> } | undefined, labels: Record<string, string>) =>
+      Object.entries(selector?.matchLabels ?? {}).every(([key, value]) => labels[key] === value);
+
+    const fn = policies['clone-function']!;
+    expect(selects(fn.podSelector, functionPods) && !selects(fn.podSelector, bridgePods)).toBe(true);
+    expect(fn.ingress!.flatMap((rule) => rule.from ?? []).every((peer) => selects(peer.podSelector, bridgePods))).toBe(true);
+    const blocks = fn.egress!.flatMap((rule) => rule.to ?? []).flatMap((peer) => (peer.ipBlock ? [peer.ipBlock] : []));
+    expect(blocks).toContainEqual({ cidr: '0.0.0.0/0', except: ['169.254.0.0/16'] });
+    expect(blocks.find((block) => block.cidr === '::/0')?.except).toEqual(
+      expect.arrayContaining(['fe80::/10', 'fd00:ec2::254/128']),
+    );
+
+    const bridge = policies['image-cloner']!;
+    expect(selects(bridge.podSelector, bridgePods) && !selects(bridge.podSelector, functionPods)).toBe(true);
+    const peers = bridge.ingress!.flatMap((rule) => rule.from ?? []);
+    expect(peers.some((peer) => peer.podSelector && selects(peer.podSelector, functionPods))).toBe(true);
+    expect(peers.some((peer) => peer.namespaceSelector?.matchLabels?.['image-clone-controller.io/monitoring'] === 'true')).toBe(
+      true,
+    );
+  });
+
+  it('uninstalls without leaving a workload stuck: finalizers released, pinned images restored, with copies held back', async () => {
+    // A copy that will not finish before the uninstall, and a workload pinned long ago.
+    const held = await seedImage('held-back');
+    const namespace = await createNamespace('e2e-uninstall');
+    const slow = slowDown('e2e/held-back', 60_000);
+    await apply(manifest('Deployment', 'waiting', namespace, [held.reference]));
+    await waitFor('the held-back copy to begin', () => (blobRequestsFor('e2e/held-back').length > 0 ? true : undefined));
+    const pinnedBefore = (await get('Deployment', 'nginx', 'default'))!;
+    const original = JSON.parse(pinnedBefore.metadata.annotations![ORIGINAL_IMAGES_ANNOTATION]!) as Record<string, string>;
+    const kubeSystemWithFinalizer = (await get('Deployment', 'e2e-coredns', 'kube-system'))!;
+    expect(holdsFinalizer(kubeSystemWithFinalizer)).toBe(true);
+
+    for (const bridge of system.bridges) await bridge.stop();
+    const result = await runScript('scripts/uninstall', ['--restore-images'], { KUBECONFIG: system.cluster.kubeconfigPath });
+    expect(result.code, result.output).toBe(0);
+    slow.remove();
+
+    const waiting = (await get('Deployment', 'waiting', namespace))!;
+    expect(holdsFinalizer(waiting)).toBe(false);
+    expect(imagesOf(waiting)).toEqual([held.reference]);
+    const restored = (await get('Deployment', 'nginx', 'default'))!;
+    expect(imagesOf(restored)).toEqual([original.nginx]);
+    expect(restored.metadata.annotations?.[ORIGINAL_IMAGES_ANNOTATION]).toBeUndefined();
+    // Whoever put the finalizer in kube-system gets it released too.
+    expect(holdsFinalizer((await get('Deployment', 'e2e-coredns', 'kube-system'))!)).toBe(false);
+    // And the controller is gone.
+    for (const [kind, name] of [
+      ['deployment', 'clone-function'],
+      ['configmap', 'image-cloner-config'],
+      ['secret', 'image-cloner-secrets'],
+    ]) {
+      const lookup = await system.cluster.kubectl(['get', kind!, name!, '-n', CONTROLLER_NAMESPACE]);
+      expect(lookup.stderr, `${kind} ${name}`).toContain('NotFound');
+    }
+    for (const [kind, name] of [
+      ['clusterrole', 'image-cloner'],
+      ['validatingadmissionpolicy', 'image-clone-controller-guardrails'],
+    ]) {
+      expect((await system.cluster.kubectl(['get', kind!, name!])).stderr).toContain('NotFound');
+    }
   });
 });
