@@ -48,6 +48,8 @@ export interface ProxiedRequest {
   fault?: Fault['kind'];
   /** Status sent to the client (undefined for hangups). */
   status?: number;
+  /** When the request arrived (performance.now() of this process). */
+  receivedAt: number;
 }
 
 export interface FaultProxy {
@@ -132,7 +134,7 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
   }
 
   const server = createServer((req, res) => {
-    const record: ProxiedRequest = { method: req.method ?? '', url: req.url ?? '' };
+    const record: ProxiedRequest = { method: req.method ?? '', url: req.url ?? '', receivedAt: performance.now() };
     proxy.requests.push(record);
     proxy.stats.received++;
     res.on('finish', () => (record.status = res.statusCode));
