@@ -20,7 +20,6 @@ import {
   type Environment,
   type LogLevel,
 } from '../lib/env.ts';
-
 import { printable } from '../lib/text.ts';
 import { isWorkloadKind, MODES, WORKLOAD_KINDS, type Mode, type WorkloadKind } from './workload.ts';
 
