@@ -60,7 +60,9 @@ export class ResultIntake {
       if (sinceSent !== undefined) metrics.cloneLatency.observe({ status }, sinceSent / 1000);
       if (checked.outcome === 'backed-up') {
         accepted++;
-        for (const key of ledger.succeed(checked.source, checked.target, checked.digest)) keys.add(key);
+        const waiters = ledger.succeed(checked.source, checked.target, checked.digest);
+        for (const key of waiters) keys.add(key);
+        this.#countByNamespace(status, context, waiters);
         logger.info(
           {
             image: checked.source,
@@ -74,13 +76,14 @@ export class ResultIntake {
         );
       } else if (checked.outcome === 'failed') {
         failed++;
-        this.#fail(checked.source, checked.error, context, keys);
+        this.#countByNamespace(status, context, this.#fail(checked.source, checked.error, context, keys));
       } else {
         rejected.push({ source: checked.source, reason: checked.reason, detail: checked.detail });
         metrics.callbackRejections.inc({ reason: checked.reason });
         logger.warn({ image: checked.source, reason: checked.reason, detail: checked.detail }, 'Image Cloner: result refused');
         // A refused result is a failed copy as far as the workload is concerned: retried later.
-        this.#fail(checked.source, `result refused (${checked.reason})`, context, keys);
+        const waiters = this.#fail(checked.source, `result refused (${checked.reason})`, context, keys);
+        this.#countByNamespace(status, context, waiters);
       }
     }
     for (const key of keys) this.#options.enqueue(key);
@@ -94,11 +97,23 @@ export class ResultIntake {
     for (const key of keys) this.#options.enqueue(key);
   }
 
-  #fail(source: string, error: string, context: readonly string[], keys: Set<string>): void {
+  /** Records a failed copy and tells it; returns the workloads that were waiting for it. */
+  #fail(source: string, error: string, context: readonly string[], keys: Set<string>): readonly string[] {
     const { waiters, retryInMs, failures } = this.#options.ledger.fail(source, error);
     for (const key of waiters) keys.add(key);
     this.#options.logger.warn({ image: source, error, failures, retryInMs }, 'Image Cloner: cloning failed');
     this.#tellFailure(waiters.length > 0 ? waiters : context, source, error);
+    return waiters;
+  }
+
+  /** One result, counted once in each namespace whose workloads wanted it (dashboards and alerts per namespace). */
+  #countByNamespace(status: string, context: readonly string[], waiters: readonly string[]): void {
+    const namespaces = new Set<string>();
+    for (const key of [...context, ...waiters]) {
+      const namespace = parseWorkloadKey(key)?.namespace;
+      if (namespace !== undefined) namespaces.add(namespace);
+    }
+    for (const namespace of namespaces) this.#options.metrics.namespaceImageResults.inc({ namespace, status });
   }
 
   /** A Warning Event on each workload that wanted the copy and still exists. */
