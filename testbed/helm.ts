@@ -38,7 +38,10 @@ export function helmBinary(): Promise<string> {
     ? Promise.resolve(process.env.HELM_BINARY)
     : new Promise((resolve, reject) => {
         // The script's progress goes to the test output: a cold build takes minutes.
-        const child = spawn('bash', [join(REPO_ROOT, 'scripts/helm-binary')], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+        const child = spawn('bash', [join(REPO_ROOT, 'scripts/helm-binary')], {
+          cwd: REPO_ROOT,
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
         let stdout = '';
         child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
         child.on('error', reject);

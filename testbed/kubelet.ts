@@ -51,7 +51,11 @@ interface Volume {
 
 interface PodTemplate {
   readonly metadata?: { readonly labels?: Record<string, string>; readonly annotations?: Record<string, string> };
-  readonly spec: { readonly serviceAccountName?: string; readonly containers: readonly ContainerSpec[]; readonly volumes?: readonly Volume[] };
+  readonly spec: {
+    readonly serviceAccountName?: string;
+    readonly containers: readonly ContainerSpec[];
+    readonly volumes?: readonly Volume[];
+  };
 }
 
 interface Deployment {
@@ -129,7 +133,9 @@ export async function podRuntime(cluster: KubeCluster, namespace: string) {
     for (const variable of container.env ?? []) {
       const from = variable.valueFrom;
       if (from?.configMapKeyRef) {
-        const value = (await objectData('configmaps', from.configMapKeyRef.name, from.configMapKeyRef.optional))[from.configMapKeyRef.key];
+        const value = (await objectData('configmaps', from.configMapKeyRef.name, from.configMapKeyRef.optional))[
+          from.configMapKeyRef.key
+        ];
         if (value !== undefined) env[variable.name] = value;
       } else if (from?.secretKeyRef) {
         const value = (await objectData('secrets', from.secretKeyRef.name, from.secretKeyRef.optional))[from.secretKeyRef.key];
@@ -169,7 +175,8 @@ export async function podRuntime(cluster: KubeCluster, namespace: string) {
     for (const [name, value] of Object.entries(env)) {
       let rewritten = value;
       for (const [mountPath, local] of mounts) {
-        if (rewritten === mountPath || rewritten.startsWith(`${mountPath}/`)) rewritten = local + rewritten.slice(mountPath.length);
+        if (rewritten === mountPath || rewritten.startsWith(`${mountPath}/`))
+          rewritten = local + rewritten.slice(mountPath.length);
       }
       env[name] = standInFor(rewritten, services);
     }
@@ -182,7 +189,9 @@ export async function podRuntime(cluster: KubeCluster, namespace: string) {
     async discover(installedWith: 'kubectl' | 'helm', release: string | undefined): Promise<DiscoveredInstall> {
       const list = await api<{ items: Deployment[] }>('GET', `/apis/apps/v1/namespaces/${namespace}/deployments`);
       const running = (entry: string) =>
-        (list?.items ?? []).filter((candidate) => candidate.spec.template.spec.containers.some((c) => c.command?.includes(entry)));
+        (list?.items ?? []).filter((candidate) =>
+          candidate.spec.template.spec.containers.some((c) => c.command?.includes(entry)),
+        );
       const [bridge, ...moreBridges] = running(BRIDGE_ENTRY);
       const functions = running(FUNCTION_ENTRY);
       if (bridge === undefined || moreBridges.length > 0 || functions.length > 1)

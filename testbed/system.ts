@@ -723,7 +723,10 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
 // --- small helpers ------------------------------------------------------------------------------
 
 /** Helm's way with values: maps merge key by key, anything else in `over` replaces what `base` has. */
-export function mergeValues(base: Readonly<Record<string, unknown>>, over: Readonly<Record<string, unknown>>): Record<string, unknown> {
+export function mergeValues(
+  base: Readonly<Record<string, unknown>>,
+  over: Readonly<Record<string, unknown>>,
+): Record<string, unknown> {
   const merged: Record<string, unknown> = { ...base };
   for (const [key, value] of Object.entries(over)) {
     const before = merged[key];

@@ -281,16 +281,17 @@ describe('callback: results checked against the bridge’s own mapping', () => {
   });
 
   it('counts each result once in every namespace whose workloads wanted it', async () => {
-    const inNamespace = (namespace: string, status: string) =>
-      metricValue(metrics.namespaceImageResults, { namespace, status });
+    const inNamespace = (namespace: string, status: string) => metricValue(metrics.namespaceImageResults, { namespace, status });
     ledger.begin(NGINX, clock + 60_000);
     ledger.wait(NGINX, 'Deployment/team-a/web');
     ledger.wait(NGINX, 'DaemonSet/team-a/agent');
     ledger.wait(NGINX, 'Deployment/team-b/api');
     await post(callback({ context: { workloads: ['Deployment/team-c/batch'] } }));
-    expect([await inNamespace('team-a', 'copied'), await inNamespace('team-b', 'copied'), await inNamespace('team-c', 'copied')]).toEqual(
-      [1, 1, 1],
-    );
+    expect([
+      await inNamespace('team-a', 'copied'),
+      await inNamespace('team-b', 'copied'),
+      await inNamespace('team-c', 'copied'),
+    ]).toEqual([1, 1, 1]);
     expect(await metricValue(metrics.imageResults, { status: 'copied' })).toBe(1);
 
     const other = 'docker.io/library/redis:7';
