@@ -578,7 +578,7 @@ describe('the Helm chart', () => {
     expect(chartSpec).toEqual(JSON.parse(JSON.stringify(plainPolicy.spec)));
     expect(specOf<{ paramRef: object; policyName: string }>(binding)).toMatchObject({
       policyName: 'icc-image-clone-controller-guardrails',
-      paramRef: { name: 'icc-image-clone-controller-config', namespace: 'tenant-ops', parameterNotFoundAction: 'Deny' },
+      paramRef: { name: 'icc-image-clone-controller-config', namespace: 'tenant-ops', parameterNotFoundAction: 'Allow' },
     });
   });
 });
@@ -640,7 +640,7 @@ describe('k8s/monitoring', () => {
   });
 });
 
-describe('admission guardrails: the leader label', () => {
+describe('admission guardrails', () => {
   const bridgeUser = (namespace: string, account: string) => `system:serviceaccount:${namespace}:${account}`;
 
   /** A Pod as a ReplicaSet would create it from a Deployment's template (nothing runs it here). */
@@ -687,6 +687,28 @@ describe('admission guardrails: the leader label', () => {
     }
     await kubectl(['delete', 'pod', 'bridge-0', 'function-0', '-n', namespace, '--wait=false']);
   }
+
+  it('never refuse anyone but the bridge, also while their ConfigMap does not exist (before k8s/setup, during an uninstall)', async () => {
+    await kubectl(['apply', '-f', join(REPO_ROOT, 'k8s/rbac')]);
+    expect((await cluster.kubectl(['get', 'configmap', 'image-cloner-config', '-n', NAMESPACE])).code).not.toBe(0);
+    await kubectl(['create', 'namespace', 'bystander']);
+    // A controller's writes and an admin's: a Deployment, a Pod's labels, an Event, a deletion.
+    const controller = ['--as=system:serviceaccount:kube-system:deployment-controller', '--as-group=system:masters'];
+    await kubectl([...controller, 'create', 'deployment', 'web', '--image=registry.example.com/web:1', '-n', 'bystander']);
+    await kubectl(
+      ['create', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Event',
+        metadata: { name: 'web.1', namespace: 'bystander' },
+        involvedObject: { kind: 'Deployment', name: 'web', namespace: 'bystander' },
+        reason: 'Test',
+        message: 'written',
+      }),
+    );
+    await kubectl(['set', 'image', 'deployment/web', 'web=registry.example.com/web:2', '-n', 'bystander']);
+    await kubectl(['delete', 'deployment', 'web', '-n', 'bystander']);
+  });
 
   it('allows the bridge exactly the leader label on its own Pods (k8s/rbac and k8s/setup as applied by kubectl)', async () => {
     for (const file of ['rbac', 'setup/cloner-deployment.yml']) await kubectl(['apply', '-f', join(REPO_ROOT, 'k8s', file)]);
