@@ -147,6 +147,9 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     controller = undefined;
     metrics.leader.set({}, 0);
     await stopping?.stop();
+    // Off the Service before the lease can go to another replica; bounded, so that an API server
+    // out of reach does not hold up the handover (the label then comes off once it answers).
+    await leaderLabel?.settled(5_000);
   };
 
   const elector = config.leaderElection.enabled
@@ -175,7 +178,6 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     stop: async () => {
       if (elector !== undefined) await elector.stop();
       else await stopLeading();
-      await leaderLabel?.settled(5_000);
       await events.flush();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       logger.info('bridge stopped');

@@ -273,6 +273,11 @@ describe('installed with Helm', () => {
     await stillHeld('after the handover');
     expect(next.logs.some((line) => line.level === 20)).toBe(true); // LOG_LEVEL=debug took effect
     expect(await podLabels(leader.name)).toBeUndefined(); // the old pods are gone
+    // The old leader took its label off before it let go of the lease.
+    const labelLines = leader.logs.filter((line) => line.msg === 'leader label set' || line.msg === 'leader label removed');
+    expect(labelLines.map((line) => line.msg)).toEqual(['leader label removed', 'leader label set', 'leader label removed']);
+    const released = leader.logs.find((line) => line.msg === 'released the lease')!;
+    expect(labelLines.at(-1)!.time).toBeLessThanOrEqual(released.time);
 
     // The source serves the blobs again: the new leader finishes the copy, then lets the workload go.
     refusal.remove();
