@@ -115,10 +115,14 @@ serves monitoring.coreos.com/v1; true/false: always/never.
 {{- end }}
 {{- end }}
 
-{{/* The pod template annotation that rolls a Deployment when its configuration changes. */}}
+{{/*
+The pod template annotations that roll a Deployment when its configuration changes: the rendered
+ConfigMap, and the values the Secrets come from (not the rendered Secrets: a generated value would
+make every render differ).
+*/}}
 {{- define "icc.configChecksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-checksum/secrets: {{ include (print .Template.BasePath "/secrets.yaml") . | sha256sum }}
+checksum/secrets: {{ list .Values.sharedSecret .Values.registryCredentials | toJson | sha256sum }}
 {{- end }}
 
 {{/* A PodDisruptionBudget's limit: minAvailable when set, else maxUnavailable. */}}
