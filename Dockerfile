@@ -1,7 +1,8 @@
 # One image, two roles, chosen by command:
 #   node dist/functions/node.js   the clone function (default)
 #   node dist/bridge/main.js      the bridge
-# Build: docker build -t image-clone-controller .
+# Build, tagged with the release (package.json's version; README: Cutting a release):
+#   docker build -t ghcr.io/image-clone-controller/image-clone-controller:"$(node -p "require('./package.json').version")" .
 
 # --- build: TypeScript to dist/ --------------------------------------------------------------
 FROM node:24-bookworm-slim AS build

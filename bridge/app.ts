@@ -2,7 +2,8 @@
 // events, and the controller, run by whichever replica holds the lease. main.ts runs this from the
 // environment; tests run it in-process with their own configuration. Each part gets only the
 // narrow view of the others it needs; the controller, which exists only while this replica
-// leads, is reached through the closures below.
+// leads, is reached through the closures below. Every replica is ready; the leader labels its
+// own Pod so that the Service sends callbacks to it (kube/leader-label.ts).
 
 import { serve } from '@hono/node-server';
 import type { KubeConfig } from '@kubernetes/client-node';
@@ -20,8 +21,10 @@ import { EventRecorder } from './kube/events.ts';
 import { namespaceCollection } from './kube/namespaces.ts';
 import { PullSecrets } from './kube/pull-secrets.ts';
 import { LeaderElector, type LeaderElectionOptions } from './kube/leader-election.ts';
+import { LeaderLabel } from './kube/leader-label.ts';
 import { bridgeMetrics, type BridgeMetrics } from './metrics.ts';
 import { Controller, type ControllerOptions } from './reconcile/controller.ts';
+import { VERSION } from './version.ts';
 
 export interface BridgeOptions {
   readonly config: BridgeConfig;
@@ -29,6 +32,8 @@ export interface BridgeOptions {
   readonly kubeConfig?: KubeConfig;
   /** Address to listen on; default all interfaces (in a pod, the Service reaches it). */
   readonly host?: string;
+  /** This replica's Pod, which carries the leader label while it leads; none: no label (outside a cluster). */
+  readonly pod?: { readonly namespace: string; readonly name: string };
   readonly fetch?: typeof fetch;
   /** Wraps the workload API calls (tests interpose on them to stage races). */
   readonly workloadApis?: (apis: WorkloadApis) => WorkloadApis;
@@ -83,6 +88,12 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     workloads: { get: (kind, namespace, name) => controller?.get(kind, namespace, name) },
     enqueue: (key) => controller?.enqueue(key),
   });
+  const leaderLabel =
+    options.pod === undefined
+      ? undefined
+      : new LeaderLabel({ kubeConfig, namespace: options.pod.namespace, pod: options.pod.name, logger });
+  // A container restarted in the same Pod finds the label its predecessor may have left.
+  leaderLabel?.set(false);
   const cloneClient = new CloneClient({
     functionUrl: config.functionUrl,
     authToken: config.authToken,
@@ -105,7 +116,13 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   const server = await listen(app, config.port, options.host ?? '0.0.0.0');
   const port = (server.address() as AddressInfo).port;
   logger.info(
-    { port, mode: cloneClient.mode, backupRegistry: config.backup.registry, backupNamespace: config.backup.namespace },
+    {
+      port,
+      version: VERSION,
+      mode: cloneClient.mode,
+      backupRegistry: config.backup.registry,
+      backupNamespace: config.backup.namespace,
+    },
     'bridge listening',
   );
   if (config.callbackUnused !== undefined) logger.info({ reason: config.callbackUnused }, 'CALLBACK_URL not used');
@@ -132,14 +149,19 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
       ...(options.tuning?.queue && { queue: options.tuning.queue }),
     });
     metrics.leader.set({}, 1);
+    leaderLabel?.set(true);
     // Not awaited: a leader keeps renewing its lease while the informers list.
     void controller.start();
   };
   const stopLeading = async () => {
+    leaderLabel?.set(false);
     const stopping = controller;
     controller = undefined;
     metrics.leader.set({}, 0);
     await stopping?.stop();
+    // Off the Service before the lease can go to another replica; bounded, so that an API server
+    // out of reach does not hold up the handover (the label then comes off once it answers).
+    await leaderLabel?.settled(5_000);
   };
 
   const elector = config.leaderElection.enabled
@@ -175,9 +197,13 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
   };
 }
 
-/** Ready only where callbacks can be applied: the Service then sends them to the leader. */
+/**
+ * A standby is ready: it is a healthy replica (rolling updates surge, a PodDisruptionBudget counts
+ * it) and the Service does not select it anyway, for want of the leader label. The leader is ready
+ * once its informers have synced.
+ */
 function readinessOf(controller: Controller | undefined): Readiness {
-  if (controller === undefined) return { ready: false, reason: 'not the leader' };
+  if (controller === undefined) return { ready: true };
   return controller.synced ? { ready: true } : { ready: false, reason: 'informers not synced' };
 }
 

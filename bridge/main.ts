@@ -21,7 +21,10 @@ async function main(): Promise<void> {
     throw error;
   }
   const logger = createLogger(config.logLevel);
-  const bridge = await startBridge({ config, logger });
+  // In a pod, the downward API names it (the manifests set both): the leader labels it.
+  const { POD_NAME: name, POD_NAMESPACE: namespace } = process.env;
+  const pod = name && namespace ? { name, namespace } : undefined;
+  const bridge = await startBridge({ config, logger, ...(pod && { pod }) });
 
   let stopping = false;
   const shutdown = (signal: string) => {

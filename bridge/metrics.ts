@@ -1,9 +1,11 @@
 // The bridge's Prometheus metrics (GET /metrics), all named image_clone_bridge_*: the work queue,
 // reconciles and patches, requests to the clone function and the results they bring, callbacks
-// refused, watches, leadership, Events dropped, and the process (CPU, memory, event loop, GC).
+// refused, watches, leadership, Events dropped, the release it runs, and the process (CPU, memory,
+// event loop, GC).
 // Names and labels are what dashboards scrape: a rename is a breaking change.
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { VERSION } from './version.ts';
 
 const PREFIX = 'image_clone_bridge';
 
@@ -75,6 +77,12 @@ export function bridgeMetrics(options: BridgeMetricsOptions = {}) {
       'Image results from the clone function by status (copied, exists, failed, rejected).',
       ['status'],
     ),
+    namespaceImageResults: counter(
+      'namespace_image_results_total',
+      'Image results by the namespace of the workloads that wanted the image, and status (copied, exists, failed, rejected); ' +
+        'a result several namespaces wanted counts once in each.',
+      ['namespace', 'status'],
+    ),
     cloneLatency: histogram(
       'clone_latency_seconds',
       "Time from a clone request sent to its image's result arriving, by status (copied, exists, failed, rejected).",
@@ -92,7 +100,9 @@ export function bridgeMetrics(options: BridgeMetricsOptions = {}) {
       'events_dropped_total',
       'Kubernetes Events not written because too many were waiting for the API server (Normal ones first).',
     ),
+    buildInfo: gauge('build_info', 'Always 1; the version label names the release this bridge runs.', ['version']),
   };
+  metrics.buildInfo.set({ version: VERSION }, 1);
   return { registry: Registry.merge([own, processRegistry()]), ...metrics };
 }
 

@@ -8,27 +8,36 @@ import { describeError } from '../lib/errors.ts';
 import { createLogger } from './app.ts';
 import { API_TIMEOUT_MS, kubeJson, loadKubeConfig, statusCode } from './kube/api.ts';
 import { uninstall } from './uninstall.ts';
+import { parseArgs } from 'node:util';
 import { z } from 'zod';
 
-const USAGE = 'usage: uninstall [--restore-images] [--dry-run] [--namespace <controller namespace>]';
+const USAGE =
+  'usage: uninstall [--restore-images] [--dry-run] [--namespace <controller namespace>] [--config-map <its ConfigMap>]';
 
 /** Runs the command; resolves the process's exit code. */
 export async function runUninstall(args: readonly string[], env: Environment): Promise<number> {
-  const restoreImages = args.includes('--restore-images');
-  const dryRun = args.includes('--dry-run');
-  const at = args.indexOf('--namespace');
-  const namespace = at === -1 ? (env.POD_NAMESPACE ?? 'image-clone-controller') : args[at + 1];
-  const known = new Set(['--restore-images', '--dry-run', '--namespace']);
-  if (
-    namespace === undefined ||
-    args.some((arg, i) => arg.startsWith('--') && !known.has(arg) && args[i - 1] !== '--namespace')
-  ) {
-    process.stderr.write(`${USAGE}\n`);
+  let flags;
+  try {
+    flags = parseArgs({
+      args: [...args],
+      options: {
+        'restore-images': { type: 'boolean', default: false },
+        'dry-run': { type: 'boolean', default: false },
+        namespace: { type: 'string', default: env.POD_NAMESPACE ?? 'image-clone-controller' },
+        // The chart names it after the release; k8s/setup's is image-cloner-config.
+        'config-map': { type: 'string', default: 'image-cloner-config' },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (error) {
+    process.stderr.write(`${describeError(error)}\n${USAGE}\n`);
     return 2;
   }
+  const { 'restore-images': restoreImages, 'dry-run': dryRun, namespace, 'config-map': configMapName } = flags;
   const logger = createLogger('info');
   const kubeConfig = loadKubeConfig(env.KUBECONFIG || undefined);
-  const backup = await backupOfController(kubeConfig, namespace).catch((error: unknown) => {
+  const backup = await backupOfController(kubeConfig, namespace, configMapName).catch((error: unknown) => {
     logger.warn(
       { error: describeError(error) },
       "the controller's ConfigMap is not readable: any image pinned by digest counts as a backup",
@@ -41,12 +50,12 @@ export async function runUninstall(args: readonly string[], env: Environment): P
   return summary.skipped.length > 0 ? 1 : 0;
 }
 
-async function backupOfController(kubeConfig: KubeConfig, namespace: string): Promise<BackupLocation | undefined> {
+async function backupOfController(kubeConfig: KubeConfig, namespace: string, name: string): Promise<BackupLocation | undefined> {
   let configMap: { data?: Record<string, string> };
   try {
     configMap = await kubeJson(kubeConfig, {
       method: 'GET',
-      path: `/api/v1/namespaces/${encodeURIComponent(namespace)}/configmaps/image-cloner-config`,
+      path: `/api/v1/namespaces/${encodeURIComponent(namespace)}/configmaps/${encodeURIComponent(name)}`,
       timeoutMs: API_TIMEOUT_MS,
     });
   } catch (error) {

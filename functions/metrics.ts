@@ -3,6 +3,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { CloneResult } from './contract/index.ts';
 import type { EngineObserver } from './engine.ts';
+import { VERSION } from './version.ts';
 
 export interface FunctionMetrics {
   readonly registry: Registry;
@@ -53,6 +54,12 @@ export function createFunctionMetrics(): FunctionMetrics {
   for (const status of ['copied', 'exists', 'failed']) {
     clones.inc({ status }, 0);
   }
+  new Gauge({
+    name: 'image_clone_function_build_info',
+    help: 'Always 1; the version label names the release this function runs.',
+    labelNames: ['version'] as const,
+    registers: [registry],
+  }).set({ version: VERSION }, 1);
 
   return {
     registry,

@@ -13,6 +13,7 @@ import { runCloneJob, type CloneJob, type JobRunner, type JobSettings } from './
 import { createFunctionMetrics } from './metrics.ts';
 import { registryFetch } from './node/registry-fetch.ts';
 import { DEFAULT_RETRY_POLICY } from './registry/retry.ts';
+import { VERSION } from './version.ts';
 
 export function readConfig(env: NodeJS.ProcessEnv = process.env): FunctionConfig {
   const file = env.REGISTRY_AUTH_FILE;
@@ -102,7 +103,7 @@ export function startFunction(env: NodeJS.ProcessEnv = process.env) {
   });
   const server = serve({ fetch: app.fetch, port: config.port, hostname: env.HOST ?? '0.0.0.0' }, (info) => {
     logger.info(
-      { port: info.port, backupRegistry: config.backup.registry, backupNamespace: config.backup.namespace },
+      { port: info.port, version: VERSION, backupRegistry: config.backup.registry, backupNamespace: config.backup.namespace },
       'clone function listening',
     );
   });

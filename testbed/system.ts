@@ -1,18 +1,25 @@
 // The whole system on loopback, started the way an operator runs it, for the end-to-end tests and
 // for `npm run demo`:
 //
-// - a real kube-apiserver (testbed/kube-cluster.ts) with k8s/rbac, k8s/secrets and
-//   k8s/setup/cloner-deployment.yml applied by kubectl, only endpoints and generated secrets
-//   substituted in the text;
+// - a real kube-apiserver (testbed/kube-cluster.ts) with the controller installed the way an
+//   operator installs it: k8s/rbac, k8s/secrets and k8s/setup/cloner-deployment.yml applied by
+//   kubectl (only the backup location and generated secrets substituted in the text), or the Helm
+//   chart k8s/chart installed by helm (the backup location and credentials as values);
 // - a source registry holding the example images (built by code, named like the real ones),
 //   reached through a fault-injecting proxy so tests can slow a copy down;
 // - a Docker-Hub-like backup registry: token auth, the flat layout;
-// - the clone function (`node functions/node.ts`) configured from the applied ConfigMap and
-//   Secrets, behind a fixed address (a stand-in for its Service) so it can go down and come back;
-// - bridges (the bundle the container runs, scripts/bundle-bridge.ts) with the ServiceAccount's
-//   own token, so k8s/rbac is what is
-//   exercised, and a stand-in for the bridge's Service that sends callbacks to the ready replica
-//   (the lease holder), as the Service in cloner-deployment.yml does.
+// - the clone function (`node functions/node.ts`) and bridges (the bundle the container runs,
+//   scripts/bundle-bridge.ts) started from what was installed, as a kubelet would start their
+//   containers: the environment of their Deployment's container (env, envFrom, the Secrets and
+//   ConfigMaps they name, the downward API), mounted Secrets written to files; each bridge gets a
+//   Pod object of its own (its Deployment's template, as a ReplicaSet would create it) and the
+//   ServiceAccount's own token, so the installed RBAC and admission guardrails are what is
+//   exercised. Nothing in a Pod ever runs (there is no kubelet);
+// - stand-ins for the two Services, which the installed configuration names by their cluster
+//   DNS names (rewritten to the stand-ins' loopback addresses): the function's behind a fixed
+//   address so it can go down and come back, and the bridge's, which sends callbacks to the
+//   replicas its selector picks (the leader labels its own Pod) among the ready ones, as the
+//   Service's endpoints would.
 //
 // No vitest here (nor anywhere in testbed/): scripts/demo.ts and bench/ import it too.
 
@@ -27,6 +34,7 @@ import { bundleBridge } from '../scripts/bundle-bridge.ts';
 import { formatReference, parseReference } from '../functions/contract/index.ts';
 import { startNodeFunction, type CloneFunction } from './clone-function.ts';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.ts';
+import { CHART_DIR, helmRunner, type Helm } from './helm.ts';
 import {
   dockerManifestList,
   fetchManifest,
@@ -38,15 +46,18 @@ import {
   type TestImage,
 } from './images.ts';
 import { startKubeCluster, type KubeCluster } from './kube-cluster.ts';
+import { podRuntime, type DiscoveredInstall } from './kubelet.ts';
 import { closeServer, freePort, listenOnLoopback } from './ports.ts';
 import { diesWithThisProcess, killOnExit, REPO_ROOT } from './processes.ts';
 import { startRegistry, type Registry } from './registry.ts';
 import { sleep, waitFor } from './wait.ts';
 
-/** The controller's namespace, ServiceAccount and config objects, as k8s/ names them. */
+/** The controller's namespace and ServiceAccount, as k8s/ names them (the Helm install uses the namespace too). */
 export const CONTROLLER_NAMESPACE = 'image-clone-controller';
 export const SERVICE_ACCOUNT = 'image-cloner';
 export const BACKUP_ACCOUNT = 'backupacct';
+/** The label the leading bridge sets on its own Pod, which the bridge's Service selects. */
+export const LEADER_LABEL = 'image-clone-controller.io/leader';
 
 // --- example images -----------------------------------------------------------------------------
 
@@ -132,8 +143,13 @@ export interface BridgeProcess {
   /** When it was killed (SIGKILL), if it was. */
   readonly killedAt: number | undefined;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** GET /readyz answered 200: this replica leads and its informers are synced. */
+  /** GET /readyz answered 200: every replica is, a leader once its informers have synced. */
   ready(): Promise<boolean>;
+  /**
+   * The bridge's Service would send it callbacks: it is ready and its Pod matches the Service's
+   * selector (it leads: the leader label is on its Pod).
+   */
+  serving(): Promise<boolean>;
   metrics(): Promise<string>;
   /** SIGTERM (a pod being replaced): the bridge releases its lease and exits. */
   stop(): Promise<void>;
@@ -146,6 +162,7 @@ async function startBridgeProcess(
   entry: string,
   env: Record<string, string>,
   onLine: (line: LogLine) => void,
+  pod: { selected: () => Promise<boolean>; deleted: () => Promise<void> },
 ): Promise<BridgeProcess> {
   const port = Number(env.PORT);
   const child = spawn(...diesWithThisProcess(process.execPath, [entry]), {
@@ -199,6 +216,16 @@ async function startBridgeProcess(
     await exited;
     clearTimeout(timer);
   };
+  const ready = async () => {
+    if (!running) return false;
+    try {
+      const response = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2_000) });
+      await response.arrayBuffer();
+      return response.status === 200;
+    } catch {
+      return false;
+    }
+  };
   return {
     name,
     pid: child.pid!,
@@ -214,18 +241,14 @@ async function startBridgeProcess(
       return killedAt;
     },
     exited,
-    ready: async () => {
-      if (!running) return false;
-      try {
-        const response = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2_000) });
-        await response.arrayBuffer();
-        return response.status === 200;
-      } catch {
-        return false;
-      }
-    },
+    ready,
+    serving: async () => (await ready()) && (await pod.selected()),
     metrics: async () => (await fetch(`${url}/metrics`)).text(),
-    stop: () => signal('SIGTERM'),
+    // A pod being replaced: the bridge steps down and exits, then the Pod object goes.
+    stop: async () => {
+      await signal('SIGTERM');
+      await pod.deleted();
+    },
     kill: async () => {
       if (running) killedAt = Date.now();
       await signal('SIGKILL');
@@ -280,7 +303,7 @@ export interface RecordedCallback {
   status: number | undefined;
 }
 
-/** The bridge's Service: requests go to a replica whose /readyz says ready (only the leader is). */
+/** The bridge's Service: requests go to a ready replica whose Pod its selector picks (the leader's). */
 export interface BridgeService {
   readonly url: string;
   readonly callbacks: RecordedCallback[];
@@ -290,7 +313,7 @@ export interface BridgeService {
 async function startBridgeService(backends: () => readonly BridgeProcess[]): Promise<BridgeService> {
   const callbacks: RecordedCallback[] = [];
   const pick = async (): Promise<BridgeProcess | undefined> => {
-    for (const bridge of backends()) if (bridge.running && (await bridge.ready())) return bridge;
+    for (const bridge of backends()) if (bridge.running && (await bridge.serving())) return bridge;
     return undefined;
   };
   const server: Server = createHttpServer(async (req, res) => {
@@ -396,7 +419,23 @@ export interface SystemOptions {
   readonly sourceThroughProxy?: boolean;
   /** Aborting stops whatever has started so far; a start in progress then rejects. */
   readonly signal?: AbortSignal;
+  /** How the controller is installed (default: with kubectl, as README's plain path does). */
+  readonly install?: Installation;
 }
+
+/** README's two install paths the harness can take. */
+export type Installation =
+  | { readonly with: 'kubectl' }
+  | {
+      readonly with: 'helm';
+      /** Default image-clone-controller. */
+      readonly release?: string;
+      /** Values over those the harness sets (the backup location and its credentials). */
+      readonly values?: Readonly<Record<string, unknown>>;
+    };
+
+/** What was installed, as the harness found it in the cluster. */
+export type Installed = DiscoveredInstall;
 
 export interface StartBridgeOptions {
   /** false: no CALLBACK_URL, the bridge calls the function synchronously (a function on a FaaS). */
@@ -415,8 +454,11 @@ export interface System {
   readonly backup: Registry;
   readonly backupSession: RegistrySession;
   readonly backupLocation: BackupLocation;
-  /** AUTH_TOKEN and CALLBACK_SECRET as generated and applied in k8s/secrets. */
+  /** AUTH_TOKEN and CALLBACK_SECRET as generated and installed (k8s/secrets, or the chart's Secret). */
   readonly secrets: { readonly authToken: string; readonly callbackSecret: string };
+  readonly installed: Installed;
+  /** helm against this cluster (its own state folder); throws with helm's message on failure. */
+  helm(args: readonly string[]): Promise<string>;
   readonly bridgeService: BridgeService;
   /** Every bridge started, in order (stopped ones included). */
   readonly bridges: readonly BridgeProcess[];
@@ -427,6 +469,10 @@ export interface System {
   startFunction(): Promise<CloneFunction>;
   /** Takes the function away: connections to its address are reset until startFunction(). */
   stopFunction(): Promise<void>;
+  /**
+   * Starts a bridge replica as its Deployment describes it now (after an upgrade, the new
+   * configuration), in a Pod named `name`; stop() deletes the Pod again, kill() leaves it.
+   */
   startBridge(name: string, options?: StartBridgeOptions): Promise<BridgeProcess>;
   /** kubectl as the cluster admin; throws with kubectl's message on failure. */
   kubectl(args: readonly string[], input?: string): Promise<string>;
@@ -506,76 +552,90 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
       await pushImage(source.url, example.repository, example.build(), { tag: example.tag });
     }
 
-    // The manifests as an operator applies them; only endpoints and secrets filled in.
-    log('applying k8s/rbac, k8s/secrets and k8s/setup/cloner-deployment.yml');
-    await kubectl(['apply', '-f', join(REPO_ROOT, 'k8s/rbac')]);
-    const authToken = randomBytes(32).toString('hex');
-    const callbackSecret = randomBytes(32).toString('hex');
     const credentials = backup.credentials!;
-    await kubectl(
-      ['apply', '-f', '-'],
-      await substitute('k8s/secrets/image-cloner-secrets.yml', [
-        [/^(\s*AUTH_TOKEN:\s*).*$/m, JSON.stringify(authToken)],
-        [/^(\s*CALLBACK_SECRET:\s*).*$/m, JSON.stringify(callbackSecret)],
-      ]),
-    );
-    await kubectl(
-      ['apply', '-f', '-'],
-      await substitute('k8s/secrets/docker-cred-secret.yml', [
-        [/^(\s*)"https:\/\/index\.docker\.io\/v1\/"(?=:)/m, JSON.stringify(backup.host)],
-        [/<BACKUP_REGISTRY_USERNAME>/, JSON.stringify(credentials.username).slice(1, -1)],
-        [/<BACKUP_REGISTRY_PASSWORD_OR_ACCESS_TOKEN>/, JSON.stringify(credentials.password).slice(1, -1)],
-      ]),
-    );
+    const install = options.install ?? { with: 'kubectl' };
+    let helm: Helm | undefined;
+    const runHelm = async (args: readonly string[]): Promise<string> => {
+      helm ??= await helmRunner(join(cluster.dir, 'helm'));
+      const result = await helm(args, { kubeconfig: cluster.kubeconfigPath });
+      if (result.code !== 0) throw new Error(`helm ${args.join(' ')} failed: ${result.stderr.trim()}`);
+      return result.stdout;
+    };
+    let release: string | undefined;
+    if (install.with === 'kubectl') {
+      // The manifests as an operator applies them; only the backup location and secrets filled in.
+      log('applying k8s/rbac, k8s/secrets and k8s/setup/cloner-deployment.yml');
+      await kubectl(['apply', '-f', join(REPO_ROOT, 'k8s/rbac')]);
+      await kubectl(
+        ['apply', '-f', '-'],
+        await substitute('k8s/secrets/image-cloner-secrets.yml', [
+          [/^(\s*AUTH_TOKEN:\s*).*$/m, JSON.stringify(randomBytes(32).toString('hex'))],
+          [/^(\s*CALLBACK_SECRET:\s*).*$/m, JSON.stringify(randomBytes(32).toString('hex'))],
+        ]),
+      );
+      await kubectl(
+        ['apply', '-f', '-'],
+        await substitute('k8s/secrets/docker-cred-secret.yml', [
+          [/^(\s*)"https:\/\/index\.docker\.io\/v1\/"(?=:)/m, JSON.stringify(backup.host)],
+          [/<BACKUP_REGISTRY_USERNAME>/, JSON.stringify(credentials.username).slice(1, -1)],
+          [/<BACKUP_REGISTRY_PASSWORD_OR_ACCESS_TOKEN>/, JSON.stringify(credentials.password).slice(1, -1)],
+        ]),
+      );
+      const configValue = (key: string, value: string): [RegExp, string] => [
+        new RegExp(`^(\\s*${key}:\\s*).*$`, 'm'),
+        JSON.stringify(value),
+      ];
+      const clonerYaml = await substitute('k8s/setup/cloner-deployment.yml', [
+        configValue('BACKUP_REGISTRY', backup.host),
+        configValue('BACKUP_NAMESPACE', BACKUP_ACCOUNT),
+        // A registry on an address would get the nested layout; this one stands in for Docker Hub.
+        configValue('BACKUP_LAYOUT', 'flat'),
+      ]);
+      await kubectl(['apply', '-f', '-'], clonerYaml);
+    } else {
+      release = install.release ?? 'image-clone-controller';
+      log(`installing the Helm chart k8s/chart as release ${release}`);
+      const values = mergeValues(
+        {
+          backup: { registry: backup.host, namespace: BACKUP_ACCOUNT, layout: 'flat' },
+          registryCredentials: { server: backup.host, username: credentials.username, password: credentials.password },
+        },
+        install.values ?? {},
+      );
+      const valuesFile = join(cluster.dir, 'helm-values.json');
+      await writeFile(valuesFile, JSON.stringify(values), { mode: 0o600 });
+      await runHelm(['install', release, CHART_DIR, '--namespace', CONTROLLER_NAMESPACE, '--create-namespace', '-f', valuesFile]);
+    }
+
+    // What a kubelet would do with the installed objects: no Pod ever runs, so the harness starts
+    // the processes their containers would run, with the same environment.
+    const kubelet = await own(await podRuntime(cluster, CONTROLLER_NAMESPACE), (runtime) => runtime.close());
+    const installed = await kubelet.discover(install.with, release);
+    log(`installed: bridge ${installed.bridgeDeployment}, function ${installed.functionDeployment ?? '(outside)'}`);
 
     const functionService = await own(await startTcpService(), (service) => service.stop());
+    const bridgeServiceSelector = await kubelet.serviceSelector(installed.bridgeService);
     const bridgeService = await own(await startBridgeService(() => bridges), (service) => service.stop());
-    const configValue = (key: string, value: string): [RegExp, string] => [
-      new RegExp(`^(\\s*${key}:\\s*).*$`, 'm'),
-      JSON.stringify(value),
-    ];
-    const clonerYaml = await substitute('k8s/setup/cloner-deployment.yml', [
-      configValue('FUNCTION_URL', functionService.url),
-      configValue('CALLBACK_URL', `${bridgeService.url}/callback`),
-      configValue('BACKUP_REGISTRY', backup.host),
-      configValue('BACKUP_NAMESPACE', BACKUP_ACCOUNT),
-      // A registry on an address would get the nested layout; this one stands in for Docker Hub.
-      configValue('BACKUP_LAYOUT', 'flat'),
+    // The Services' cluster names, as the installed configuration writes them, lead to the stand-ins.
+    const services = new Map([
+      [installed.functionService, functionService.url],
+      [installed.bridgeService, bridgeService.url],
     ]);
-    await kubectl(['apply', '-f', '-'], clonerYaml);
-
-    // What the pods would get from those objects (envFrom, secretKeyRef, the mounted Secret).
-    const configMap = JSON.parse(
-      await kubectl(['get', 'configmap', 'image-cloner-config', '-n', CONTROLLER_NAMESPACE, '-o', 'json']),
-    ) as { data: Record<string, string> };
-    const secretData = async (name: string) => {
-      const secret = JSON.parse(await kubectl(['get', 'secret', name, '-n', CONTROLLER_NAMESPACE, '-o', 'json'])) as {
-        data: Record<string, string>;
-      };
-      return Object.fromEntries(
-        Object.entries(secret.data).map(([key, value]) => [key, Buffer.from(value, 'base64').toString()]),
-      );
-    };
-    const sharedSecrets = await secretData('image-cloner-secrets');
-    const registryAuthFile = join(cluster.dir, 'registry-auth.json');
     // The bridge as the container runs it: one bundled file.
     const bridgeEntry = await bundleBridge(join(cluster.dir, 'bridge.mjs'));
-    await writeFile(registryAuthFile, (await secretData('docker-cred-secret'))['.dockerconfigjson']!, { mode: 0o600 });
-    const serviceAccountKubeconfig = await cluster.serviceAccountKubeconfig(CONTROLLER_NAMESPACE, SERVICE_ACCOUNT);
-
-    const functionEnv: Record<string, string> = {
-      ...configMap.data,
-      AUTH_TOKEN: sharedSecrets.AUTH_TOKEN!,
-      CALLBACK_SECRET: sharedSecrets.CALLBACK_SECRET!,
-      REGISTRY_AUTH_FILE: registryAuthFile,
-      // Loopback registries speak plain HTTP.
-      INSECURE_REGISTRIES: `${sourceProxy.host},${source.host},${privateSource.host},${backup.host}`,
-    };
+    const serviceAccountKubeconfig = await cluster.serviceAccountKubeconfig(CONTROLLER_NAMESPACE, installed.serviceAccount);
+    const sharedSecrets = await kubelet.containerEnv(installed.bridgeDeployment, 'shared-secrets-probe', services);
 
     const startFunction = async () => {
       if (fn !== undefined) throw new Error('the clone function is running already');
+      if (installed.functionDeployment === undefined) throw new Error('no clone function is installed in the cluster');
       log('starting the clone function (node functions/node.ts)');
-      const started = await startNodeFunction(functionEnv);
+      const env = await kubelet.containerEnv(installed.functionDeployment, 'clone-function', services);
+      const started = await startNodeFunction({
+        ...env,
+        // Loopback registries speak plain HTTP.
+        INSECURE_REGISTRIES: `${sourceProxy.host},${source.host},${privateSource.host},${backup.host}`,
+      });
       if (stopped) {
         await started.stop();
         throw new Error('stopped while starting');
@@ -591,25 +651,25 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
       await running?.stop();
       functionOutput += running?.logs() ?? '';
     };
-    await startFunction();
+    if (installed.functionDeployment !== undefined) await startFunction();
 
     const startBridge = async (name: string, bridgeOptions: StartBridgeOptions = {}) => {
       const port = await freePort();
+      await kubelet.createPod(installed.bridgeDeployment, name);
       const env: Record<string, string> = {
-        ...configMap.data,
+        ...(await kubelet.containerEnv(installed.bridgeDeployment, name, services)),
         ...(bridgeOptions.callback === false && { CALLBACK_URL: '' }),
         PORT: String(port),
-        AUTH_TOKEN: sharedSecrets.AUTH_TOKEN!,
-        CALLBACK_SECRET: sharedSecrets.CALLBACK_SECRET!,
-        POD_NAME: name,
-        POD_NAMESPACE: CONTROLLER_NAMESPACE,
         // Outside a pod: the ServiceAccount's token in a kubeconfig, and leader election asked for
         // explicitly (it is on by default only in-cluster).
         KUBECONFIG: serviceAccountKubeconfig,
         LEADER_ELECTION: 'true',
       };
       log(`starting bridge ${name} (its bundle, ${env.CALLBACK_URL ? 'callback' : 'synchronous'} mode)`);
-      const bridge = await startBridgeProcess(name, bridgeEntry, env, (line) => logs.push(line));
+      const bridge = await startBridgeProcess(name, bridgeEntry, env, (line) => logs.push(line), {
+        selected: () => kubelet.podSelected(name, bridgeServiceSelector),
+        deleted: () => kubelet.deletePod(name),
+      });
       bridges.push(bridge);
       if (stopped) {
         await bridge.stop();
@@ -629,6 +689,8 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
       backupSession,
       backupLocation: location,
       secrets: { authToken: sharedSecrets.AUTH_TOKEN!, callbackSecret: sharedSecrets.CALLBACK_SECRET! },
+      installed,
+      helm: runHelm,
       bridgeService,
       bridges,
       logs,
@@ -687,6 +749,21 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
 }
 
 // --- small helpers ------------------------------------------------------------------------------
+
+/** Helm's way with values: maps merge key by key, anything else in `over` replaces what `base` has. */
+export function mergeValues(
+  base: Readonly<Record<string, unknown>>,
+  over: Readonly<Record<string, unknown>>,
+): Record<string, unknown> {
+  const merged: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    const before = merged[key];
+    const isMap = (candidate: unknown): candidate is Record<string, unknown> =>
+      typeof candidate === 'object' && candidate !== null && !Array.isArray(candidate);
+    merged[key] = isMap(before) && isMap(value) ? mergeValues(before, value) : value;
+  }
+  return merged;
+}
 
 /**
  * A manifest of k8s/ with values filled in: each match of a pattern becomes its first group (kept

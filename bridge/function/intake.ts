@@ -93,7 +93,9 @@ export class ResultIntake {
       if (sinceSent !== undefined) metrics.cloneLatency.observe({ status }, sinceSent / 1000);
       if (checked.outcome === 'backed-up') {
         accepted++;
-        for (const key of ledger.succeed(keyOf(checked.source), checked.target, checked.digest)) keys.add(key);
+        const waiters = ledger.succeed(keyOf(checked.source), checked.target, checked.digest);
+        for (const key of waiters) keys.add(key);
+        this.#countByNamespace(status, context, waiters);
         logger.info(
           {
             image: checked.source,
@@ -108,13 +110,14 @@ export class ResultIntake {
       } else if (checked.outcome === 'failed') {
         failed++;
         const failure = { error: checked.error, reason: result.reason, secret: grants[checked.source]?.secret };
-        this.#fail(checked.source, keyOf(checked.source), failure, context, keys);
+        this.#countByNamespace(status, context, this.#fail(checked.source, keyOf(checked.source), failure, context, keys));
       } else {
         rejected.push({ source: checked.source, reason: checked.reason, detail: checked.detail });
         metrics.callbackRejections.inc({ reason: checked.reason });
         logger.warn({ image: checked.source, reason: checked.reason, detail: checked.detail }, 'Image Cloner: result refused');
         // A refused result is a failed copy as far as the workload is concerned: retried later.
-        this.#fail(checked.source, keyOf(checked.source), { error: `result refused (${checked.reason})` }, context, keys);
+        const failure = { error: `result refused (${checked.reason})` };
+        this.#countByNamespace(status, context, this.#fail(checked.source, keyOf(checked.source), failure, context, keys));
       }
     }
     for (const key of keys) this.#options.enqueue(key);
@@ -130,12 +133,24 @@ export class ResultIntake {
     for (const key of keys) this.#options.enqueue(key);
   }
 
-  #fail(source: string, ledgerKey: string, failure: Failure, context: readonly string[], keys: Set<string>): void {
+  /** Records a failed copy and tells it; returns the workloads that were waiting for it. */
+  #fail(source: string, ledgerKey: string, failure: Failure, context: readonly string[], keys: Set<string>): readonly string[] {
     const { error, reason } = failure;
     const { waiters, retryInMs, failures } = this.#options.ledger.fail(ledgerKey, error, reason);
     for (const key of waiters) keys.add(key);
     this.#options.logger.warn({ image: source, error, reason, failures, retryInMs }, 'Image Cloner: cloning failed');
     this.#tellFailure(waiters.length > 0 ? waiters : context, source, explain(source, failure));
+    return waiters;
+  }
+
+  /** One result, counted once in each namespace whose workloads wanted it (dashboards and alerts per namespace). */
+  #countByNamespace(status: string, context: readonly string[], waiters: readonly string[]): void {
+    const namespaces = new Set<string>();
+    for (const key of [...context, ...waiters]) {
+      const namespace = parseWorkloadKey(key)?.namespace;
+      if (namespace !== undefined) namespaces.add(namespace);
+    }
+    for (const namespace of namespaces) this.#options.metrics.namespaceImageResults.inc({ namespace, status });
   }
 
   /** A Warning Event on each workload that wanted the copy and still exists. */

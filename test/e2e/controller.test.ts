@@ -222,7 +222,7 @@ async function postCallback(request: { body: string; headers: Record<string, str
 
 async function startLeader(name: string, options: { callback?: boolean } = {}): Promise<BridgeProcess> {
   const bridge = await system.startBridge(name, options);
-  await waitFor(`${name} to lead with synced informers`, () => bridge.ready(), 60_000);
+  await waitFor(`${name} to lead with synced informers`, () => bridge.serving(), 60_000);
   return bridge;
 }
 
@@ -645,8 +645,10 @@ describe('image clone controller, end to end', () => {
     // Longer than its retry period (2 s): it has tried for the lease and found it held.
     await sleep(3_000);
     expect(await leaseHolder()).toBe(leader.name);
-    expect(await leader.ready()).toBe(true);
-    expect(await standby.ready()).toBe(false);
+    expect(await leader.serving()).toBe(true);
+    // Every replica is Ready; the Service reaches the leader only (the label on its Pod).
+    expect(await standby.ready()).toBe(true);
+    expect(await standby.serving()).toBe(false);
 
     await apply(manifest('Deployment', 'one', namespace, [one.reference]));
     await converged('Deployment', 'one', namespace, [one.target]);
@@ -664,7 +666,7 @@ describe('image clone controller, end to end', () => {
     const held = await lease();
     await leader.stop();
     expect(leader.logs.map((line) => line.msg)).toContain('released the lease');
-    await waitFor('the standby to lead', () => standby.ready(), 20_000);
+    await waitFor('the standby to lead', () => standby.serving(), 20_000);
     const taken = await lease();
     expect(taken.holderIdentity).toBe('bridge-c');
     const expiry = Date.parse(held.renewTime!) + held.leaseDurationSeconds! * 1000;

@@ -279,6 +279,36 @@ describe('callback: results checked against the bridge’s own mapping', () => {
     await post(callback({ context: { workloads: ['ReplicaSet/default/x', 'nonsense', KEY] } }));
     expect(enqueued).toEqual([KEY]);
   });
+
+  it('counts each result once in every namespace whose workloads wanted it', async () => {
+    const inNamespace = (namespace: string, status: string) => metricValue(metrics.namespaceImageResults, { namespace, status });
+    ledger.begin(NGINX, clock + 60_000);
+    ledger.wait(NGINX, 'Deployment/team-a/web');
+    ledger.wait(NGINX, 'DaemonSet/team-a/agent');
+    ledger.wait(NGINX, 'Deployment/team-b/api');
+    await post(callback({ context: { workloads: ['Deployment/team-c/batch'] } }));
+    expect([
+      await inNamespace('team-a', 'copied'),
+      await inNamespace('team-b', 'copied'),
+      await inNamespace('team-c', 'copied'),
+    ]).toEqual([1, 1, 1]);
+    expect(await metricValue(metrics.imageResults, { status: 'copied' })).toBe(1);
+
+    const other = 'docker.io/library/redis:7';
+    ledger.wait(other, 'Deployment/team-b/api');
+    await post(callback({ job: 'job-2', results: [{ source: other, status: 'failed', error: 'denied' }], context: null }));
+    await post(
+      callback({
+        job: 'job-3',
+        context: { workloads: ['Deployment/team-a/web'] },
+        results: [{ source: NGINX, target: NGINX_TARGET.replace('/backup/', '/elsewhere/'), digest: DIGEST, status: 'copied' }],
+      }),
+    );
+    expect(await inNamespace('team-b', 'failed')).toBe(1);
+    expect(await inNamespace('team-a', 'rejected')).toBe(1);
+    expect(await inNamespace('team-a', 'failed')).toBe(0);
+    expect(await inNamespace('team-c', 'failed')).toBe(0);
+  });
 });
 
 describe('probes and metrics', () => {

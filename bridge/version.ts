@@ -1,0 +1,7 @@
+// The release this bridge belongs to: package.json's version, the one place a release is named
+// (the image tag, the chart's appVersion and the manifests follow it; test/unit/version.test.ts).
+// Logged at start and exposed as image_clone_bridge_build_info{version}.
+
+import packageJson from '../package.json' with { type: 'json' };
+
+export const VERSION: string = packageJson.version;
