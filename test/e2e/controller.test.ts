@@ -18,6 +18,7 @@ import {
   ORIGINAL_IMAGES_ANNOTATION,
   type WorkloadKind,
 } from '../../bridge/workload.ts';
+import { VERSION } from '../../bridge/version.ts';
 import { CALLBACK_HEADERS } from '../../functions/contract/index.ts';
 import { formatReference, parseReference } from '../../functions/contract/index.ts';
 import { spawn } from 'node:child_process';
@@ -362,7 +363,7 @@ describe('image clone controller, end to end', () => {
     expect(cloneRequestsFor(coredns.reference)).toEqual([]);
     // The controller's own namespace (IGNORE_NAMESPACES in the ConfigMap) is left alone too.
     const own = (await get('Deployment', 'image-cloner-deployment', CONTROLLER_NAMESPACE))!;
-    expect(imagesOf(own)).toEqual(['ghcr.io/image-clone-controller/image-clone-controller:latest']);
+    expect(imagesOf(own)).toEqual([`ghcr.io/image-clone-controller/image-clone-controller:${VERSION}`]);
 
     for (const image of [kubeProxy, coredns, optedOut]) {
       expect(cloneRequestsFor(image.reference)).toEqual([]);

@@ -127,15 +127,21 @@ describe('installed with Helm', () => {
 
   it("backs up the example workloads end to end (the demo's flow)", async () => {
     await kubectl(['apply', '-f', '-'], await system.exampleWorkloads());
-    // nginx, busybox (the DaemonSet's init container) and node-exporter, each at its backup by digest.
-    const examples = EXAMPLE_IMAGES.map((example) => ({
-      reference: `${system.sourceHost}/${example.repository}:${example.tag}`,
-      image: example.build(),
-    }));
-    const [nginx, busybox, exporter] = examples.map(({ reference, image }) => system.backupOf(reference, image.root.digest));
+    // Each example at its backup by digest: nginx; busybox (the DaemonSet's init container) and
+    // node-exporter; redis (the StatefulSet); alpine (the CronJob).
+    const examples = new Map(
+      EXAMPLE_IMAGES.map((example) => {
+        const reference = `${system.sourceHost}/${example.repository}:${example.tag}`;
+        const image = example.build();
+        return [example.original, { reference, image, target: system.backupOf(reference, image.root.digest) }];
+      }),
+    );
+    const target = (original: string) => examples.get(original)!.target;
     for (const [kind, name, images] of [
-      ['Deployment', 'nginx', [nginx!]],
-      ['DaemonSet', 'node-exporter', [busybox!, exporter!]],
+      ['Deployment', 'nginx', [target('nginx:1.27')]],
+      ['DaemonSet', 'node-exporter', [target('busybox:1.36'), target('quay.io/prometheus/node-exporter:v1.8.2')]],
+      ['StatefulSet', 'redis', [target('redis:7.4')]],
+      ['CronJob', 'nightly-report', [target('alpine:3.20')]],
     ] as const) {
       await waitFor(
         `${kind} ${name} to be pinned and released`,
@@ -148,7 +154,7 @@ describe('installed with Helm', () => {
         90_000,
       );
     }
-    for (const { reference, image } of examples) await system.verifyBackup(reference, image);
+    for (const { reference, image } of examples.values()) await system.verifyBackup(reference, image);
     const events = await waitFor('the Released events', async () => {
       const list = await json<{ items: { reason: string; involvedObject: { name: string } }[] }>([
         'get',
@@ -157,9 +163,9 @@ describe('installed with Helm', () => {
         'default',
       ]);
       const released = list.items.filter((event) => event.reason === 'Released').map((event) => event.involvedObject.name);
-      return released.length === 2 ? released : undefined;
+      return released.length === 4 ? released : undefined;
     });
-    expect(events.sort()).toEqual(['nginx', 'node-exporter']);
+    expect(events.sort()).toEqual(['nginx', 'nightly-report', 'node-exporter', 'redis']);
   });
 
   it('upgrades to changed values: a rollout with a copy held back across it releases nothing early and patches nothing twice', async () => {

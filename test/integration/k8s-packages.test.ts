@@ -297,7 +297,11 @@ describe('the Helm chart', () => {
         .map((policy) => policy.metadata.name)
         .sort(),
     ).toEqual(['image-clone-controller-bridge', 'image-clone-controller-function']);
-    expect(find(objects, 'ValidatingAdmissionPolicy')).toHaveLength(1);
+    expect(
+      find(objects, 'ValidatingAdmissionPolicy')
+        .map((policy) => policy.metadata.name)
+        .sort(),
+    ).toEqual(['image-clone-controller-backup-images', 'image-clone-controller-guardrails']);
     // RBAC for all six kinds.
     const resources = rulesOf(one(objects, 'ClusterRole')).flatMap((rule) => rule.resources);
     expect(resources).toEqual(
@@ -578,7 +582,10 @@ describe('the Helm chart', () => {
     }
     // The first needs no parameters; the second reads this release's ConfigMap and allows without it.
     const guardrails = one(objects, 'ValidatingAdmissionPolicyBinding', 'icc-image-clone-controller-guardrails');
-    expect(specOf<object>(guardrails)).toMatchObject({ policyName: 'icc-image-clone-controller-guardrails', validationActions: ['Deny'] });
+    expect(specOf<object>(guardrails)).toMatchObject({
+      policyName: 'icc-image-clone-controller-guardrails',
+      validationActions: ['Deny'],
+    });
     expect(specOf<object>(guardrails)).not.toHaveProperty('paramRef');
     const backupImages = one(objects, 'ValidatingAdmissionPolicyBinding', 'icc-image-clone-controller-backup-images');
     expect(specOf<object>(backupImages)).toMatchObject({
