@@ -35,8 +35,9 @@ WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
-# The base image's unprivileged user (uid 1000).
-USER node
+# Unprivileged, and numeric so that runAsNonRoot can check it: the uid the manifests and the chart
+# run as (runAsUser 65532). The app's files are root's and read-only to it.
+USER 65532:65532
 EXPOSE 8080
 HEALTHCHECK NONE
 CMD ["node", "dist/functions/node.js"]
