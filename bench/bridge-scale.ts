@@ -97,7 +97,10 @@ if (!Number.isInteger(MEMORY_LIMIT_MIB) || MEMORY_LIMIT_MIB < 0) throw new Error
 function processTuningFromManifest(): Record<string, string> {
   const manifest = readFileSync(join(REPO_ROOT, 'k8s/setup/cloner-deployment.yml'), 'utf8');
   const bridge = manifest.slice(manifest.indexOf('- name: bridge'), manifest.indexOf('- name: function'));
-  const value = /- name: MALLOC_ARENA_MAX\s+value: "(\d+)"/.exec(bridge)?.[1];
+  // Either quote style: prettier rewrote the manifest's "2" as '2' once, and the tuning was lost silently.
+  const value = /- name: MALLOC_ARENA_MAX\s+value: ["']?(\d+)["']?/.exec(bridge)?.[1];
+  if (value === undefined && bridge.includes('MALLOC_ARENA_MAX'))
+    throw new Error('MALLOC_ARENA_MAX in the manifest does not parse');
   return value === undefined ? {} : { MALLOC_ARENA_MAX: value };
 }
 
