@@ -78,17 +78,21 @@ export async function buildBridge(): Promise<string> {
   return bundleBridge(join(outDir, 'main.mjs'));
 }
 
-/** Starts `node <entry>` (default bridge/main.ts) with only `env` (and PATH) as its environment. */
+/**
+ * Starts `node <nodeArgs> <entry>` (default bridge/main.ts) with only `env` (and PATH) as its
+ * environment. `nodeArgs` are for flags NODE_OPTIONS refuses (--trace-gc).
+ */
 export function spawnBridge(
   env: Record<string, string>,
   logPath: string,
   entry = 'bridge/main.ts',
+  nodeArgs: readonly string[] = [],
   sampleMs = 200,
 ): BridgeProcess {
   const log = openSync(logPath, 'a');
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, [entry], {
+    child = spawn(process.execPath, [...nodeArgs, entry], {
       cwd: REPO_ROOT,
       // Only what the bridge is configured with, plus PATH: nothing of the benchmark's environment.
       env: { PATH: process.env.PATH ?? '', ...env },

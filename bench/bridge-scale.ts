@@ -26,8 +26,8 @@
 // --workers N (the bridge's WORKERS; default: its own default), --memory-limit MiB (256, the pod's
 // limit in k8s/setup/cloner-deployment.yml: the V8 heap Node derives from it; 0: this host's
 // defaults), --source (run bridge/main.ts instead of the bundle the image runs), --entry FILE (run
-// another build, e.g. a bundle), --bridge-env KEY=VALUE (repeatable), --skip-calibration,
-// --json FILE.
+// another build, e.g. a bundle), --bridge-env KEY=VALUE (repeatable), --node-arg FLAG (repeatable:
+// a flag NODE_OPTIONS refuses, --node-arg=--trace-gc), --skip-calibration, --json FILE.
 
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -85,6 +85,7 @@ const { values: args } = parseArgs({
     mode: { type: 'string', default: 'callback' },
     workers: { type: 'string' },
     'bridge-env': { type: 'string', multiple: true, default: [] },
+    'node-arg': { type: 'string', multiple: true, default: [] },
     'create-concurrency': { type: 'string', default: '48' },
     'skip-calibration': { type: 'boolean', default: false },
     source: { type: 'boolean', default: false },
@@ -370,6 +371,7 @@ async function main(): Promise<void> {
   let bridge: BridgeProcess | undefined;
   let api: KubeApi | undefined;
   const stopWatch: (() => void)[] = [];
+  let progress: NodeJS.Timeout | undefined;
   try {
     log(`starting kube-apiserver and etcd`);
     const audit = await auditArgs(workDir, BRIDGE_USER);
@@ -483,7 +485,7 @@ async function main(): Promise<void> {
     const entryName = args.entry ?? (args.source ? 'bridge/main.ts' : 'dist/bridge/main.js (the bundle the container runs)');
     log(`starting the bridge (node ${entryName}, ${MODE} mode)`);
     const cpuBefore = cpuSnapshot(pids);
-    bridge = spawnBridge(bridgeEnv, bridgeLog, entry);
+    bridge = spawnBridge(bridgeEnv, bridgeLog, entry, args['node-arg']);
     const bridgePids = { ...pids, bridge: [bridge.pid] };
     const started = bridge.startedAt;
     void bridge.exited.then((code) => log(`the bridge exited (${code})`));
@@ -504,19 +506,24 @@ async function main(): Promise<void> {
         await sleep(50);
       }
     })();
-    const progress = setInterval(() => {
+    progress = setInterval(() => {
       const left = kindsPresent
         .filter((kind) => tracker.pendingOf(kind) > 0)
         .map((kind) => `${plural(kind)} ${tracker.pendingOf(kind)}`);
       log(
-        `  ${WORKLOADS - tracker.pending}/${WORKLOADS} reconciled (left: ${left.join(', ') || 'none'}), bridge RSS ${mib(bridge!.memory()?.rss ?? 0)}`,
+        `  ${WORKLOADS - tracker.pending}/${WORKLOADS} reconciled (left: ${left.join(', ') || 'none'}; ${tracker.events} events seen), bridge RSS ${mib(bridge!.memory()?.rss ?? 0)}`,
       );
     }, 5_000);
     const startedWallClock = Date.now() - (performance.now() - started);
     await Promise.race([
       tracker.allReconciled(),
       bridge.exited.then(async (code) => {
-        const tail = (await readFile(bridgeLog, 'utf8')).trimEnd().split('\n').slice(-12).join('\n');
+        // The last lines but a native stack trace's (V8's reason for an abort comes before it).
+        const lines = (await readFile(bridgeLog, 'utf8')).trimEnd().split('\n');
+        const tail = lines
+          .filter((line) => !/^\s*\d+: 0x[0-9a-f]+ /.test(line))
+          .slice(-12)
+          .join('\n');
         throw new Error(`the bridge exited (${code}) before all workloads were reconciled; its log ends:\n${tail}`);
       }),
     ]);
@@ -836,6 +843,7 @@ async function main(): Promise<void> {
     if (missed) log('a goal was missed');
     process.exitCode = missed ? 1 : 0;
   } finally {
+    clearInterval(progress);
     for (const stop of stopWatch) stop();
     await bridge?.stop();
     await standIn?.stop();
