@@ -490,6 +490,27 @@ async function main(): Promise<void> {
     const started = bridge.startedAt;
     void bridge.exited.then((code) => log(`the bridge exited (${code})`));
 
+    // The V8 heap as the bridge reports it (its /metrics), to read the peak RSS against.
+    const heapSamples: { at: number; total: number; used: number; external: number }[] = [];
+    let sampling = true;
+    const heapSampler = (async () => {
+      while (sampling) {
+        try {
+          const text = await bridgeMetricsText(bridgeUrl);
+          heapSamples.push({
+            at: performance.now(),
+            total: metricValue(text, 'image_clone_bridge_nodejs_heap_size_total_bytes'),
+            used: metricValue(text, 'image_clone_bridge_nodejs_heap_size_used_bytes'),
+            external: metricValue(text, 'image_clone_bridge_nodejs_external_memory_bytes'),
+          });
+        } catch {
+          // not listening yet, or gone
+        }
+        await sleep(2_000);
+      }
+    })();
+    stopWatch.push(() => (sampling = false));
+
     let readyAt: number | undefined;
     let rssAtReady = 0;
     const readiness = (async () => {
@@ -618,6 +639,14 @@ async function main(): Promise<void> {
     await waitForQueueIdle(bridgeUrl, 30_000);
     const finalMetrics = await bridgeMetricsText(bridgeUrl);
     const memory = bridge.memory()!;
+    sampling = false;
+    await heapSampler;
+    const peak = bridge.peakSample();
+    const heapNearPeak =
+      peak &&
+      heapSamples.length > 0 &&
+      heapSamples.reduce((best, sample) => (Math.abs(sample.at - peak.at) < Math.abs(best.at - peak.at) ? sample : best));
+    const heapUsedMax = Math.max(0, ...heapSamples.map((sample) => sample.used));
 
     // What the bridge read of Secrets and ServiceAccounts (the API server's audit log), and
     // whether each image went with the credentials its workloads' pull secrets give.
@@ -709,6 +738,11 @@ async function main(): Promise<void> {
         planned: total,
         applied: applied.length,
         failed: changes.length - applied.length,
+        failures: Object.fromEntries(
+          [...new Set(changes.flatMap((change) => (change.error === undefined ? [] : [change.error.slice(0, 200)])))].map(
+            (message) => [message, changes.filter((change) => change.error?.slice(0, 200) === message).length],
+          ),
+        ),
         rate: applied.length / ((phaseEnd - phaseStart) / 1000),
         apiLatency,
         watchDelay,
@@ -723,6 +757,17 @@ async function main(): Promise<void> {
         cores: cpuChanges,
       },
       peakRssMiB: memory.hwm / MiB,
+      atPeak: peak && {
+        sinceStartMs: peak.at - started,
+        anonMiB: peak.anon / MiB,
+        fileMiB: peak.file / MiB,
+        ...(heapNearPeak && {
+          heapTotalMiB: heapNearPeak.total / MiB,
+          heapUsedMiB: heapNearPeak.used / MiB,
+          externalMiB: heapNearPeak.external / MiB,
+        }),
+      },
+      heapUsedMaxMiB: heapUsedMax / MiB,
       rssGoalMiB: RSS_GOAL_MIB,
       reads,
       bridge: {
@@ -777,6 +822,15 @@ async function main(): Promise<void> {
       ['Not reconciled in a fresh list afterwards', String(notReconciled), '0'],
       ['RSS when ready / when all reconciled', `${mib(rssAtReady)} / ${mib(rssAtReconciled)}`, ''],
       ['Peak RSS (VmHWM, whole run)', mib(memory.hwm), `< ${RSS_GOAL_MIB} MiB`],
+      [
+        'Highest RSS sampled: when; anonymous / file-backed; V8 heap total / used, external (/metrics, ≤ 2 s off)',
+        peak === undefined
+          ? 'n/a'
+          : `${seconds(peak.at - started)} after start; ${mib(peak.anon)} / ${mib(peak.file)}` +
+            (heapNearPeak ? `; ${mib(heapNearPeak.total)} / ${mib(heapNearPeak.used)}, ${mib(heapNearPeak.external)}` : ''),
+        '',
+      ],
+      ['V8 heap used, highest sampled', mib(heapUsedMax), ''],
       ...(calibration === undefined
         ? []
         : ([
@@ -831,6 +885,8 @@ async function main(): Promise<void> {
     ];
     const table = ['| Measure | Value | Goal |', '|---|---|---|', ...rows.map((row) => `| ${row.join(' | ')} |`)].join('\n');
     process.stdout.write(`\n${table}\n\n`);
+    const refused = Object.entries(result.changes.failures);
+    if (refused.length > 0) log(`changes refused: ${refused.map(([message, count]) => `${message} ×${count}`).join('; ')}`);
     const warnings = Object.entries(result.bridge.warnings);
     if (warnings.length > 0) log(`bridge warnings: ${warnings.map(([msg, count]) => `${msg} ×${count}`).join('; ')}`);
     if (args.json !== undefined) await writeFile(args.json, `${JSON.stringify(result, null, 2)}\n`);
