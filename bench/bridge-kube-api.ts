@@ -1,5 +1,5 @@
 // The benchmark's own line to the API server: raw HTTPS with the admin token over one undici pool,
-// so loading 10,000 Deployments, changing them and watching them costs the benchmark little and
+// so loading tens of thousands of workloads, changing them and watching them costs the benchmark little and
 // does not go through the client library whose behaviour the bridge is measured with.
 
 import { Agent, request } from 'undici';
@@ -64,21 +64,23 @@ export class KubeApi {
     }
   }
 
-  /** The current resourceVersion of the Deployment collection (a watch from here sees what comes next). */
-  async deploymentsResourceVersion(): Promise<string> {
-    const list = await this.call<{ metadata: { resourceVersion: string } }>('GET', '/apis/apps/v1/deployments?limit=1');
+  /**
+   * The current resourceVersion of a collection (`/apis/apps/v1/deployments`, `/api/v1/pods`, or
+   * one namespace's): a watch from here sees what comes next.
+   */
+  async resourceVersion(collection: string): Promise<string> {
+    const list = await this.call<{ metadata: { resourceVersion: string } }>('GET', `${collection}?limit=1`);
     return list.metadata.resourceVersion;
   }
 
-  /** Every Deployment, in pages (what a careful client does with a large collection). */
-  async listDeployments(namespace?: string): Promise<Record<string, unknown>[]> {
-    const base = namespace === undefined ? '/apis/apps/v1/deployments' : `/apis/apps/v1/namespaces/${namespace}/deployments`;
+  /** Every object of a collection, in pages (what a careful client does with a large collection). */
+  async list(collection: string): Promise<Record<string, unknown>[]> {
     const items: Record<string, unknown>[] = [];
     let next: string | undefined;
     do {
       const page = await this.call<{ items: Record<string, unknown>[]; metadata: { continue?: string } }>(
         'GET',
-        `${base}?limit=500${next ? `&continue=${encodeURIComponent(next)}` : ''}`,
+        `${collection}?limit=500${next ? `&continue=${encodeURIComponent(next)}` : ''}`,
       );
       items.push(...page.items);
       next = page.metadata.continue || undefined;
@@ -87,15 +89,15 @@ export class KubeApi {
   }
 
   /**
-   * Watches Deployments in all namespaces from `resourceVersion`, calling `onEvent` per event; a
-   * watch the server ends is resumed from the last version seen. Errors that cannot be resumed
-   * (410 Gone) go to `onError`.
+   * Watches a collection from `resourceVersion`, calling `onEvent` per event; a watch the server
+   * ends is resumed from the last version seen. Errors that cannot be resumed (410 Gone) go to
+   * `onError`.
    */
-  watchDeployments(
+  watch(
+    collection: string,
     resourceVersion: string,
     onEvent: (event: WatchEvent) => void,
     onError: (error: Error) => void,
-    namespace?: string,
   ): Watching {
     let version = resourceVersion;
     let stopped = false;
@@ -103,8 +105,7 @@ export class KubeApi {
     const run = async () => {
       while (!stopped) {
         const response = await request(
-          `${this.#server}/apis/apps/v1/${namespace === undefined ? '' : `namespaces/${namespace}/`}deployments` +
-            `?watch=true&allowWatchBookmarks=true&resourceVersion=${version}`,
+          `${this.#server}${collection}?watch=true&allowWatchBookmarks=true&resourceVersion=${version}`,
           {
             dispatcher: this.#agent,
             headers: { authorization: `Bearer ${this.#token}`, accept: 'application/json' },

@@ -15,6 +15,9 @@ export interface MemoryStatus {
   readonly rss: number;
   /** Peak resident since the process started (VmHWM), bytes. */
   readonly hwm: number;
+  /** Of the resident now: anonymous memory (heap, malloc) and file pages (the node binary, libraries). */
+  readonly anon: number;
+  readonly file: number;
 }
 
 export function memoryOf(pid: number): MemoryStatus | undefined {
@@ -25,7 +28,7 @@ export function memoryOf(pid: number): MemoryStatus | undefined {
     return undefined;
   }
   const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? 0) * 1024;
-  return { rss: kib('VmRSS'), hwm: kib('VmHWM') };
+  return { rss: kib('VmRSS'), hwm: kib('VmHWM'), anon: kib('RssAnon'), file: kib('RssFile') + kib('RssShmem') };
 }
 
 /** User + system CPU seconds the process has used so far. */
@@ -63,6 +66,8 @@ export interface BridgeProcess {
   /** Peak RSS seen so far, and RSS samples (every `sampleMs`). */
   memory(): MemoryStatus | undefined;
   readonly samples: { at: number; rss: number }[];
+  /** The sample with the most resident memory, with its breakdown. */
+  peakSample(): (MemoryStatus & { at: number }) | undefined;
   /** SIGTERM (the bridge's graceful shutdown), SIGKILL after `graceMs`. */
   stop(graceMs?: number): Promise<void>;
 }
@@ -78,17 +83,21 @@ export async function buildBridge(): Promise<string> {
   return bundleBridge(join(outDir, 'main.mjs'));
 }
 
-/** Starts `node <entry>` (default bridge/main.ts) with only `env` (and PATH) as its environment. */
+/**
+ * Starts `node <nodeArgs> <entry>` (default bridge/main.ts) with only `env` (and PATH) as its
+ * environment. `nodeArgs` are for flags NODE_OPTIONS refuses (--trace-gc).
+ */
 export function spawnBridge(
   env: Record<string, string>,
   logPath: string,
   entry = 'bridge/main.ts',
+  nodeArgs: readonly string[] = [],
   sampleMs = 200,
 ): BridgeProcess {
   const log = openSync(logPath, 'a');
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, [entry], {
+    child = spawn(process.execPath, [...nodeArgs, entry], {
       cwd: REPO_ROOT,
       // Only what the bridge is configured with, plus PATH: nothing of the benchmark's environment.
       env: { PATH: process.env.PATH ?? '', ...env },
@@ -100,10 +109,14 @@ export function spawnBridge(
   const startedAt = performance.now();
   const pid = child.pid!;
   const samples: { at: number; rss: number }[] = [];
+  let peak: (MemoryStatus & { at: number }) | undefined;
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const sampler = setInterval(() => {
     const memory = memoryOf(pid);
-    if (memory !== undefined) samples.push({ at: performance.now(), rss: memory.rss });
+    if (memory === undefined) return;
+    const at = performance.now();
+    samples.push({ at, rss: memory.rss });
+    if (peak === undefined || memory.rss > peak.rss) peak = { ...memory, at };
   }, sampleMs);
   sampler.unref();
   void exited.then(() => clearInterval(sampler));
@@ -114,6 +127,7 @@ export function spawnBridge(
     startedAt,
     exited,
     samples,
+    peakSample: () => peak,
     memory: () => memoryOf(pid),
     stop: (graceMs = 30_000) => stopChild(child, graceMs),
   };

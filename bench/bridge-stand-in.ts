@@ -1,14 +1,15 @@
 // A stand-in for the clone function that answers per docs/api.md and copies nothing: its copy
-// speed is not what the benchmark measures. It notes when each image is first asked for (the end
-// of the "change → function request" interval) and answers the way the real function does:
-// callback mode (202 {job}, then a POST signed with CALLBACK_SECRET through the function's own
-// deliverCallback) or synchronous mode (200 {results}).
+// speed is not what the benchmark measures. It reads a request with the contract's own schema
+// (an entry is a reference or {image, credentials}), notes when each image is first asked for
+// (the end of the "change → function request" interval) and with which credentials, and answers
+// the way the real function does: callback mode (202 {job}, then a POST signed with
+// CALLBACK_SECRET through the function's own deliverCallback) or synchronous mode (200 {results}).
 
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { deliverCallback } from '../functions/jobs.ts';
-import { backupReference, type BackupLocation } from '../functions/contract/index.ts';
+import { backupReference, cloneRequestSchema, imageOfRequest, type BackupLocation } from '../functions/contract/index.ts';
 import { formatReference, parseReference } from '../functions/contract/index.ts';
 import { closeServer, listenOnLoopback } from '../testbed/ports.ts';
 
@@ -22,7 +23,19 @@ export interface StandIn {
   readonly url: string;
   /** performance.now() when each (normalised) image first arrived in a request. */
   readonly firstAsked: Map<string, number>;
-  readonly stats: { requests: number; images: number; repeated: number; callbacks: number; callbackFailures: number };
+  /**
+   * The credentials each (normalised) image was asked for with: the usernames, '' for none. The
+   * benchmark checks them against the pull secrets its workloads name.
+   */
+  readonly askedWith: Map<string, Set<string>>;
+  readonly stats: {
+    requests: number;
+    images: number;
+    withCredentials: number;
+    repeated: number;
+    callbacks: number;
+    callbackFailures: number;
+  };
   stop(): Promise<void>;
 }
 
@@ -38,7 +51,9 @@ export function backupOf(image: string, backup: BackupLocation): string {
 
 export async function startStandIn(options: StandInOptions): Promise<StandIn> {
   const firstAsked = new Map<string, number>();
-  const stats = { requests: 0, images: 0, repeated: 0, callbacks: 0, callbackFailures: 0 };
+  const askedWith = new Map<string, Set<string>>();
+  const stats = { requests: 0, images: 0, withCredentials: 0, repeated: 0, callbacks: 0, callbackFailures: 0 };
+  const requestSchema = cloneRequestSchema();
   const deliveries = new Set<Promise<unknown>>();
 
   const resultOf = (image: string) => {
@@ -56,25 +71,29 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
     const arrived = performance.now();
-    let body: { images?: unknown; callback?: { url?: unknown; context?: unknown } };
+    let json: unknown;
     try {
-      body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof body;
+      json = JSON.parse(Buffer.concat(chunks).toString('utf8'));
     } catch {
       return answer(400, { error: 'body is not JSON' });
     }
-    if (!Array.isArray(body.images) || body.images.length === 0 || !body.images.every((image) => typeof image === 'string')) {
-      return answer(400, { error: 'images: expected 1 to 50 image references' });
-    }
-    const images = body.images as string[];
+    const parsed = requestSchema.safeParse(json);
+    if (!parsed.success) return answer(400, { error: parsed.error.issues[0]?.message ?? 'invalid request' });
+    const body = parsed.data;
     stats.requests++;
-    for (const image of images) {
+    for (const entry of body.images) {
+      const image = imageOfRequest(entry);
+      const username = typeof entry === 'string' ? '' : (entry.credentials?.username ?? '');
       stats.images++;
+      if (username !== '') stats.withCredentials++;
       if (firstAsked.has(image)) stats.repeated++;
       else firstAsked.set(image, arrived);
+      const users = askedWith.get(image);
+      if (users === undefined) askedWith.set(image, new Set([username]));
+      else users.add(username);
     }
-    const results = images.map(resultOf);
+    const results = body.images.map((entry) => resultOf(imageOfRequest(entry)));
     if (body.callback === undefined) return answer(200, { results });
-    if (typeof body.callback.url !== 'string') return answer(400, { error: 'callback.url: expected a URL' });
 
     const job = randomBytes(8).toString('hex');
     answer(202, { job });
@@ -102,6 +121,7 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
   return {
     url: `http://127.0.0.1:${await listenOnLoopback(server)}`,
     firstAsked,
+    askedWith,
     stats,
     stop: async () => {
       await Promise.allSettled([...deliveries]);

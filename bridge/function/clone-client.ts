@@ -17,7 +17,6 @@ import {
   type BridgeContext,
 } from '../../functions/contract/index.ts';
 import { describeError } from '../../lib/errors.ts';
-import { Semaphore } from '../../lib/semaphore.ts';
 import type { BridgeMetrics } from '../metrics.ts';
 import { parseWorkloadKey } from '../workload.ts';
 import type { CopyOrder } from './grants.ts';
@@ -62,9 +61,15 @@ export class CloneClient {
   readonly #fetch: typeof fetch;
   readonly #now: () => number;
   readonly #maxImages: number;
-  readonly #requests = new Set<Promise<void>>();
+  /** Requests open now, at most #maxConcurrent. */
+  readonly #open = new Set<Promise<void>>();
   readonly #maxConcurrent: number;
-  readonly #slots: Semaphore;
+  /**
+   * Requests waiting for a slot, oldest first from #waitingFrom: plain records rather than
+   * suspended calls, since a first sync queues one per workload (tens of thousands).
+   */
+  readonly #waiting: ({ readonly key: string; readonly orders: readonly CopyOrder[] } | undefined)[] = [];
+  #waitingFrom = 0;
 
   constructor(options: CloneClientOptions) {
     this.#options = options;
@@ -72,7 +77,6 @@ export class CloneClient {
     this.#now = options.now ?? Date.now;
     this.#maxImages = options.maxImagesPerRequest ?? DEFAULT_MAX_IMAGES_PER_REQUEST;
     this.#maxConcurrent = options.maxConcurrentRequests ?? 16;
-    this.#slots = new Semaphore(this.#maxConcurrent);
   }
 
   get mode(): 'callback' | 'synchronous' {
@@ -115,11 +119,8 @@ export class CloneClient {
       }
       recheck(until);
       // One request carries each source once: the function answers by source.
-      for (const batch of batches(send, this.#maxImages)) {
-        const request = this.#post(key, batch);
-        this.#requests.add(request);
-        void request.finally(() => this.#requests.delete(request));
-      }
+      for (const batch of batches(send, this.#maxImages)) this.#waiting.push({ key, orders: batch });
+      this.#sendWaiting();
     }
     return {
       sent: send.map((order) => order.source),
@@ -129,19 +130,31 @@ export class CloneClient {
 
   /** Waits for the requests in progress (synchronous ones last as long as their copies). */
   async settle(): Promise<void> {
-    while (this.#requests.size > 0) await Promise.all([...this.#requests]);
+    while (this.#open.size > 0) await Promise.all([...this.#open]);
   }
 
-  async #post(key: string, orders: readonly CopyOrder[]): Promise<void> {
-    const queued = this.#slots.used >= this.#maxConcurrent;
-    await this.#slots.run(async () => {
-      if (queued) {
-        // Time spent waiting for a slot is not the copy's: its deadline starts when it is sent.
-        const until = this.#now() + this.#options.cloneTimeoutMs;
-        for (const order of orders) this.#options.ledger.begin(order.key, until);
+  /** Opens requests from the waiting ones while slots are free. */
+  #sendWaiting(): void {
+    while (this.#open.size < this.#maxConcurrent && this.#waitingFrom < this.#waiting.length) {
+      const { key, orders } = this.#waiting[this.#waitingFrom]!;
+      this.#waiting[this.#waitingFrom++] = undefined;
+      // Dropped in chunks: shift() on a long array moves all of it each time.
+      if (this.#waitingFrom >= 1024 && this.#waitingFrom * 2 >= this.#waiting.length) {
+        this.#waiting.splice(0, this.#waitingFrom);
+        this.#waitingFrom = 0;
       }
-      await this.#send(key, orders);
-    });
+      // Time spent waiting for a slot is not the copy's: its deadline starts when it is sent.
+      const until = this.#now() + this.#options.cloneTimeoutMs;
+      for (const order of orders) this.#options.ledger.begin(order.key, until);
+      const request = this.#send(key, orders).catch((error: unknown) =>
+        this.#options.logger.error({ error: describeError(error) }, 'clone request failed unexpectedly'),
+      );
+      this.#open.add(request);
+      void request.finally(() => {
+        this.#open.delete(request);
+        this.#sendWaiting();
+      });
+    }
   }
 
   async #send(key: string, orders: readonly CopyOrder[]): Promise<void> {

@@ -27,8 +27,12 @@ interface Entry {
   /** When the request in flight was sent, for the latency of its result. */
   sentAt?: number;
   failure?: { failures: number; retryAt: number; error: string; reason?: string };
-  /** Created when a workload first waits, dropped when they are released: most entries have none. */
-  waiters?: Set<string>;
+  /**
+   * The workloads waiting, dropped when they are released: most entries have none, and most of
+   * the others one, kept as the key itself (a Set of one costs ~240 bytes more, times every
+   * image of a first sync).
+   */
+  waiters?: string | Set<string>;
 }
 
 export class ImageLedger {
@@ -81,7 +85,10 @@ export class ImageLedger {
   /** `key` wants to hear when `source` is settled. */
   wait(source: string, key: string): void {
     const entry = this.#entry(source);
-    (entry.waiters ??= new Set()).add(key);
+    if (entry.waiters === undefined) entry.waiters = key;
+    else if (typeof entry.waiters === 'string') {
+      if (entry.waiters !== key) entry.waiters = new Set([entry.waiters, key]);
+    } else entry.waiters.add(key);
   }
 
   /** Records a verified backup; returns the workloads that waited for it. */
@@ -139,8 +146,9 @@ export class ImageLedger {
   }
 
   #release(entry: Entry): string[] {
-    const waiters = [...(entry.waiters ?? [])];
+    const { waiters } = entry;
     entry.waiters = undefined;
-    return waiters;
+    if (waiters === undefined) return [];
+    return typeof waiters === 'string' ? [waiters] : [...waiters];
   }
 }

@@ -38,12 +38,33 @@ export type Projection = (object: unknown) => unknown;
 /** Objects per list page: client-go's pager default. */
 export const LIST_PAGE_SIZE = 500;
 
+/**
+ * One copy of each short string that workloads repeat (namespaces, the finalizer, container,
+ * secret and ServiceAccount names): JSON.parse gives every object its own, 30–60 bytes each,
+ * times tens of thousands of cached workloads. Bounded, so that names nobody repeats cannot grow it.
+ */
+const SHARED_MAX = 10_000;
+const SHARED_MAX_LENGTH = 64;
+const shared = new Map<string, string>();
+
+function share(value: string): string {
+  if (value.length > SHARED_MAX_LENGTH) return value;
+  const known = shared.get(value);
+  if (known !== undefined) return known;
+  if (shared.size < SHARED_MAX) shared.set(value, value);
+  return value;
+}
+
 function containersOf(list: unknown): Container[] | undefined {
   if (!Array.isArray(list)) return undefined;
   // Every entry is kept, even an odd one, so that indexes (JSON Patch paths) stay those of the object.
   return list.map((container: Container | null | undefined) => {
+    // A literal of its two fields: 16 bytes less than an object grown from {}.
+    if (typeof container?.name === 'string' && typeof container.image === 'string') {
+      return { name: share(container.name), image: container.image };
+    }
     const slim: Container = {};
-    if (typeof container?.name === 'string') slim.name = container.name;
+    if (typeof container?.name === 'string') slim.name = share(container.name);
     if (typeof container?.image === 'string') slim.image = container.image;
     return slim;
   });
@@ -54,14 +75,14 @@ function slimPodSpec(podSpec: PodSpec): PodSpec {
   const initContainers = containersOf(podSpec.initContainers);
   const ephemeralContainers = containersOf(podSpec.ephemeralContainers);
   const pullSecrets = Array.isArray(podSpec.imagePullSecrets)
-    ? podSpec.imagePullSecrets.flatMap((secret) => (typeof secret?.name === 'string' ? [{ name: secret.name }] : []))
+    ? podSpec.imagePullSecrets.flatMap((secret) => (typeof secret?.name === 'string' ? [{ name: share(secret.name) }] : []))
     : [];
   return {
     ...(containers !== undefined && { containers }),
     ...(initContainers !== undefined && { initContainers }),
     ...(ephemeralContainers !== undefined && { ephemeralContainers }),
     ...(pullSecrets.length > 0 && { imagePullSecrets: pullSecrets }),
-    ...(typeof podSpec.serviceAccountName === 'string' && { serviceAccountName: podSpec.serviceAccountName }),
+    ...(typeof podSpec.serviceAccountName === 'string' && { serviceAccountName: share(podSpec.serviceAccountName) }),
   };
 }
 
@@ -79,13 +100,16 @@ export function slimWorkload(kind: WorkloadKind, object: unknown): Workload {
     );
     slim.metadata = {
       ...(metadata.name !== undefined && { name: metadata.name }),
-      ...(metadata.namespace !== undefined && { namespace: metadata.namespace }),
+      ...(metadata.namespace !== undefined && { namespace: share(metadata.namespace) }),
       ...(metadata.uid !== undefined && { uid: metadata.uid }),
       ...(metadata.resourceVersion !== undefined && { resourceVersion: metadata.resourceVersion }),
       ...(owned && { ownerReferences: [{ controller: true }] }),
       // Kept even when empty: whether an object has annotations at all decides how a patch adds one.
       ...(typeof metadata.annotations === 'object' && metadata.annotations !== null && { annotations }),
-      ...(Array.isArray(metadata.finalizers) && metadata.finalizers.length > 0 && { finalizers: [...metadata.finalizers] }),
+      ...(Array.isArray(metadata.finalizers) &&
+        metadata.finalizers.length > 0 && {
+          finalizers: metadata.finalizers.map((finalizer) => (typeof finalizer === 'string' ? share(finalizer) : finalizer)),
+        }),
       ...(metadata.deletionTimestamp !== undefined &&
         metadata.deletionTimestamp !== null && { deletionTimestamp: metadata.deletionTimestamp }),
     };

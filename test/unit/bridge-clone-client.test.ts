@@ -300,6 +300,17 @@ describe('image ledger', () => {
     expect(ledger.succeed(NGINX, 't', 'd')).toEqual([]);
   });
 
+  it('releases each waiting workload once, however often it waited, and each of several', () => {
+    ledger.wait(NGINX, 'Deployment/default/web');
+    ledger.wait(NGINX, 'Deployment/default/web');
+    expect(ledger.fail(NGINX, 'x').waiters).toEqual(['Deployment/default/web']);
+    for (const key of ['Deployment/default/web', 'Pod/default/debug', 'Deployment/default/web', 'CronJob/default/nightly']) {
+      ledger.wait(NGINX, key);
+    }
+    expect(ledger.succeed(NGINX, 't', 'd')).toEqual(['Deployment/default/web', 'Pod/default/debug', 'CronJob/default/nightly']);
+    expect(ledger.succeed(NGINX, 't', 'd')).toEqual([]);
+  });
+
   it('caps the failure backoff and starts over after a success', () => {
     const delays = [1, 2, 3, 4, 5].map(() => ledger.fail(NGINX, 'x').retryInMs);
     expect(delays).toEqual([1_000, 2_000, 4_000, 8_000, 8_000]);
