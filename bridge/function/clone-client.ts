@@ -11,6 +11,7 @@
 import type { Logger } from 'pino';
 import {
   acceptedSchema,
+  CONTEXT_LIMITS,
   cloneEventSchema,
   DEFAULT_MAX_IMAGES_PER_REQUEST,
   resultsAnswerSchema,
@@ -119,7 +120,7 @@ export class CloneClient {
       }
       recheck(until);
       // One request carries each source once: the function answers by source.
-      for (const batch of batches(send, this.#maxImages)) this.#waiting.push({ key, orders: batch });
+      for (const batch of batches(key, send, this.#maxImages)) this.#waiting.push({ key, orders: batch });
       this.#sendWaiting();
     }
     return {
@@ -255,14 +256,31 @@ export class CloneClient {
  * Requests of at most `size` orders, no source twice in one (the function answers by source): a
  * second copy of a source (other credentials) goes in the next request.
  */
-function batches(orders: readonly CopyOrder[], size: number): CopyOrder[][] {
-  const result: CopyOrder[][] = [];
+function batches(key: string, orders: readonly CopyOrder[], size: number): CopyOrder[][] {
+  // The callback context names each image sent with credentials; the function refuses a context
+  // over CONTEXT_LIMITS.bytes, so a workload with many long references is split before that.
+  const contextRoom = CONTEXT_LIMITS.bytes - JSON.stringify({ workloads: [key], grants: {} }).length;
+  const result: { orders: CopyOrder[]; contextBytes: number }[] = [];
   for (const order of orders) {
-    const open = result.find((batch) => batch.length < size && !batch.some((other) => other.source === order.source));
-    if (open) open.push(order);
-    else result.push([order]);
+    const bytes = order.grant ? grantEntryLength(order) : 0;
+    const open = result.find(
+      (batch) =>
+        batch.orders.length < size &&
+        batch.contextBytes + bytes <= contextRoom &&
+        !batch.orders.some((other) => other.source === order.source),
+    );
+    if (open) {
+      open.orders.push(order);
+      open.contextBytes += bytes;
+    } else result.push({ orders: [order], contextBytes: bytes });
   }
-  return result;
+  return result.map((batch) => batch.orders);
+}
+
+/** The length of `"source":{"id":…,"secret":…},` in the callback context. */
+function grantEntryLength(order: CopyOrder): number {
+  const { id, secret } = order.grant!;
+  return JSON.stringify(order.source).length + JSON.stringify({ id, secret }).length + 2;
 }
 
 /** Calls `onLine` for each non-empty line of a streamed body; a throw from it ends the read. */

@@ -2,11 +2,12 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { CloneClient } from '../../bridge/function/clone-client.ts';
+import { GrantIds } from '../../bridge/function/grants.ts';
 import { ImageLedger } from '../../bridge/function/image-ledger.ts';
 import { ResultIntake } from '../../bridge/function/intake.ts';
 import { expectedTarget } from '../../bridge/function/results.ts';
 import { bridgeMetrics, metricValue, type BridgeMetrics } from '../../bridge/metrics.ts';
-import { backupLocation } from '../../functions/contract/index.ts';
+import { backupLocation, cloneRequestSchema } from '../../functions/contract/index.ts';
 import { parseReference } from '../../functions/contract/index.ts';
 
 const TOKEN = 'bearer-token-0123456789abcdef';
@@ -26,7 +27,10 @@ const copied = (source: string) => ({
 interface Call {
   url: string;
   headers: Record<string, string>;
-  body: { images: string[]; callback?: { url: string; context: { workloads: string[] } } };
+  body: {
+    images: (string | { image: string; credentials: unknown })[];
+    callback?: { url: string; context: { workloads: string[]; grants?: Record<string, { id: string; secret: string }> } };
+  };
 }
 
 /** No workload to tell a failure on: the intake's Events are the callback tests' concern. */
@@ -145,6 +149,41 @@ describe('clone client: callback mode', () => {
     cloner.request('Deployment/default/web', images);
     await cloner.settle();
     expect(calls.map((call) => call.body.images.length)).toEqual([2, 2, 1]);
+  });
+
+  it('splits a workload whose images with credentials would make a callback context the function refuses', async () => {
+    const grants = new GrantIds();
+    const secret = `pull-secret-${'s'.repeat(200)}`;
+    // 50 images with references of ~230 characters, each with the workload's credentials: ~24 KB of grants.
+    const orders = Array.from({ length: 50 }, (_, index) =>
+      grants.order(`registry.example.org/team/${'x'.repeat(200)}-${index}:1.0`, {
+        secret,
+        credentials: { username: 'tenant', password: 'tenant-password' },
+      }),
+    );
+    const cloner = client();
+    cloner.request('Deployment/default/web', orders);
+    await cloner.settle();
+    expect(calls.length).toBeGreaterThan(1);
+    const imagesOf = (call: Call) => call.body.images.map((image) => (typeof image === 'string' ? image : image.image));
+    expect(calls.flatMap(imagesOf)).toEqual(orders.map((order) => order.source));
+    for (const call of calls) {
+      // What the function checks: the request as a whole, and the context within 16 KiB.
+      expect(cloneRequestSchema().safeParse(call.body).success).toBe(true);
+      expect(Object.keys(call.body.callback!.context.grants!)).toEqual(imagesOf(call));
+    }
+    // The positive control: the same 50 in one request would have been refused.
+    const together = {
+      images: orders.map((order) => ({ image: order.source, credentials: order.grant!.credentials })),
+      callback: {
+        url: 'http://bridge.test/callback',
+        context: {
+          workloads: ['Deployment/default/web'],
+          grants: Object.fromEntries(orders.map((order) => [order.source, { id: order.grant!.id, secret }])),
+        },
+      },
+    };
+    expect(cloneRequestSchema().safeParse(together).error?.issues[0]?.message).toMatch(/larger than 16 KiB/);
   });
 
   it('keeps at most the configured number of requests open, sending the others as slots free up', async () => {
