@@ -11,6 +11,7 @@ import { jobKey, openJob, sealJob, type JobKey, type QueuedJob } from './sealed-
 import type { Logger } from './log.ts';
 import type { FetchLike } from './registry/http.ts';
 import { DEFAULT_RETRY_POLICY } from './registry/retry.ts';
+import { VERSION } from './version.ts';
 
 // The few workerd types used here, declared rather than pulling @cloudflare/workers-types, whose
 // globals clash with Node's.
@@ -84,6 +85,11 @@ function instance(env: WorkerEnv): Instance {
   });
   existing = { config, engine, app, jobKey: key };
   instances.set(env, existing);
+  // Workers have no start and no /metrics: the version is told once per isolate, as it first serves.
+  logger.info(
+    { version: VERSION, backupRegistry: config.backup.registry, backupNamespace: config.backup.namespace },
+    'clone function ready (workers)',
+  );
   return existing;
 }
 

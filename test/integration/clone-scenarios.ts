@@ -16,6 +16,7 @@ import {
 import type { CloneFunction, FunctionEnv } from '../../testbed/clone-function.ts';
 import { startFaultProxy, type FaultProxy } from '../../testbed/fault-proxy.ts';
 import { freePort } from '../../testbed/ports.ts';
+import { VERSION } from '../../functions/version.ts';
 import {
   cosignSignature,
   cosignTag,
@@ -187,6 +188,15 @@ export function describeCloneScenarios(runtime: string, start: (env: FunctionEnv
       expect(first!.bytes).toBeGreaterThan(0);
       const [second] = await clone([reference]);
       expect(second).toMatchObject({ status: 'exists', bytes: 0, digest: image.root.digest, target: first!.target });
+    });
+
+    it('logs the release it runs as it starts serving', () => {
+      const started = fn
+        .logs()
+        .split('\n')
+        .find((line) => line.includes('"version"'));
+      expect(started, fn.logs().slice(0, 2000)).toBeDefined();
+      expect(JSON.parse(started!.slice(started!.indexOf('{')))).toMatchObject({ version: VERSION, backupRegistry: backup.host });
     });
 
     it('keeps a deep repository path apart from its flattened look-alikes', async () => {
