@@ -1,10 +1,11 @@
 // Helm for the chart's tests and the Helm install of the system harness: the binary that
-// scripts/helm-binary builds from the Go module proxy (Helm 4, cached outside the repository), run
+// scripts/helm-binary builds from the Go module proxy (Helm 4, or 3; cached outside the repository), run
 // against a cluster of testbed/kube-cluster.ts or without one (template, lint).
 //
 //   const helm = await helmRunner();
 //   const { stdout } = await helm(['template', 'release', 'k8s/chart', '--set', 'backup.namespace=x']);
 
+import { loadAllYaml } from '@kubernetes/client-node';
 import { execFile, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { REPO_ROOT } from './processes.ts';
@@ -30,15 +31,23 @@ export interface HelmOptions {
 
 export type Helm = (args: readonly string[], options?: HelmOptions) => Promise<HelmResult>;
 
-let binary: Promise<string> | undefined;
+/** The chart supports both; the tests use Helm 4 and check that Helm 3 agrees with it. */
+export type HelmMajor = 3 | 4;
 
-/** $HELM_BINARY (scripts/test sets it), else what scripts/helm-binary prints (it builds helm once). */
-export function helmBinary(): Promise<string> {
-  binary ??= process.env.HELM_BINARY
-    ? Promise.resolve(process.env.HELM_BINARY)
+const binaries = new Map<HelmMajor, Promise<string>>();
+
+/**
+ * $HELM_BINARY / $HELM3_BINARY (scripts/test sets them), else what `scripts/helm-binary [3]`
+ * prints (it builds helm once).
+ */
+export function helmBinary(major: HelmMajor = 4): Promise<string> {
+  const fromEnvironment = major === 4 ? process.env.HELM_BINARY : process.env.HELM3_BINARY;
+  let binary = binaries.get(major);
+  binary ??= fromEnvironment
+    ? Promise.resolve(fromEnvironment)
     : new Promise((resolve, reject) => {
         // The script's progress goes to the test output: a cold build takes minutes.
-        const child = spawn('bash', [join(REPO_ROOT, 'scripts/helm-binary')], {
+        const child = spawn('bash', [join(REPO_ROOT, 'scripts/helm-binary'), String(major)], {
           cwd: REPO_ROOT,
           stdio: ['ignore', 'pipe', 'inherit'],
         });
@@ -48,15 +57,16 @@ export function helmBinary(): Promise<string> {
         child.on('close', (code) => {
           const path = stdout.trim().split('\n').at(-1)?.trim();
           if (code === 0 && path) resolve(path);
-          else reject(new Error(`scripts/helm-binary failed (exit ${code})`));
+          else reject(new Error(`scripts/helm-binary ${major} failed (exit ${code})`));
         });
       });
+  binaries.set(major, binary);
   return binary;
 }
 
 /** Runs helm; never throws for a non-zero exit (the result says). Helm's own state stays in `stateDir`. */
-export async function helmRunner(stateDir?: string): Promise<Helm> {
-  const path = await helmBinary();
+export async function helmRunner(stateDir?: string, major: HelmMajor = 4): Promise<Helm> {
+  const path = await helmBinary(major);
   return (args, options = {}) =>
     new Promise((resolve, reject) => {
       const child = execFile(
@@ -88,12 +98,11 @@ export async function helmRunner(stateDir?: string): Promise<Helm> {
     });
 }
 
-/** The documents of a multi-document YAML stream that hold an object (helm template's output). */
-export function manifestsOf(stream: string, parse: (document: string) => unknown): KubeObject[] {
-  return stream
-    .split(/^---\s*$/m)
-    .map((document) => parse(document))
-    .filter((object): object is KubeObject => typeof object === 'object' && object !== null && 'kind' in object);
+/** The objects of a multi-document YAML stream (helm template's output), without empty documents. */
+export function manifestsOf(stream: string): KubeObject[] {
+  return loadAllYaml(stream).filter(
+    (object): object is KubeObject => typeof object === 'object' && object !== null && 'kind' in object,
+  );
 }
 
 /** The fields of a Kubernetes object every test reads. */

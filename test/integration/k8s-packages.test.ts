@@ -10,7 +10,7 @@ import { loadYaml } from '@kubernetes/client-node';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CHART_DIR, helmRunner, type Helm, type KubeObject } from '../../testbed/helm.ts';
+import { CHART_DIR, helmRunner, manifestsOf, type Helm, type KubeObject } from '../../testbed/helm.ts';
 import { startKubeCluster, type KubeCluster } from '../../testbed/kube-cluster.ts';
 import { REPO_ROOT } from '../../testbed/processes.ts';
 
@@ -34,8 +34,13 @@ async function dryRun(manifests: string): Promise<KubeObject[]> {
   return parsed.kind === 'List' ? (parsed as { items: KubeObject[] }).items : [parsed as KubeObject];
 }
 
+/** Every combination of values a test rendered, for the check that Helm 3 renders them alike. */
+const rendered: { values: readonly string[]; release: string; namespace: string }[] = [];
+
 async function template(values: readonly string[], release = 'image-clone-controller', namespace = NAMESPACE) {
-  return helm(['template', release, CHART_DIR, '--namespace', namespace, ...values]);
+  const result = await helm(['template', release, CHART_DIR, '--namespace', namespace, ...values]);
+  if (result.code === 0) rendered.push({ values, release, namespace });
+  return result;
 }
 
 /** helm template, failing the test with helm's message. */
@@ -592,6 +597,35 @@ describe('the Helm chart', () => {
       policyName: 'icc-image-clone-controller-backup-images',
       paramRef: { name: 'icc-image-clone-controller-config', namespace: 'tenant-ops', parameterNotFoundAction: 'Allow' },
     });
+  });
+
+  // Last in this block: it renders again what the tests above rendered (vitest runs them in order).
+  it('renders with Helm 3 what Helm 4 renders, for every combination above; Helm 3 lints it and refuses a typo alike', async () => {
+    const helm3 = await helmRunner(join(cluster.dir, 'helm3'), 3);
+    expect((await helm3(['version', '--short'])).stdout).toMatch(/^v3\./);
+    const lint = await helm3(['lint', '--strict', CHART_DIR, '-f', join(CHART_DIR, 'ci/test-values.yaml')]);
+    expect(lint.code, lint.stdout + lint.stderr).toBe(0);
+    const typo = await helm3(['template', 'r', CHART_DIR, ...REQUIRED, '--set', 'bridge.watchKind=Deployment']);
+    expect(typo.code).not.toBe(0);
+    expect(typo.stderr).toContain('watchKind');
+
+    // The release's generated AUTH_TOKEN and CALLBACK_SECRET are random in each render.
+    const objectsOf = (stream: string) =>
+      manifestsOf(stream).map((object) =>
+        object.kind === 'Secret' && (object.data as Record<string, string> | undefined)?.AUTH_TOKEN !== undefined
+          ? { ...object, data: { AUTH_TOKEN: 'random', CALLBACK_SECRET: 'random' } }
+          : object,
+      );
+    const sets = [{ values: REQUIRED, release: 'image-clone-controller', namespace: NAMESPACE }, ...rendered];
+    for (const { values, release, namespace } of sets) {
+      const args = ['template', release, CHART_DIR, '--namespace', namespace, ...values];
+      const [four, three] = await Promise.all([helm(args), helm3(args)]);
+      expect(four.code, four.stderr).toBe(0);
+      expect(three.code, `helm 3 ${values.join(' ')}: ${three.stderr}`).toBe(0);
+      const objects = objectsOf(four.stdout);
+      expect(objects.length).toBeGreaterThan(0);
+      expect(objectsOf(three.stdout), values.join(' ')).toEqual(objects);
+    }
   });
 });
 
