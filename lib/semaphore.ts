@@ -44,7 +44,11 @@ export class Semaphore {
   }
 }
 
-/** Runs `task` over every item with at most `concurrency` at once; results keep the items' order. */
+/**
+ * Runs `task` over every item with at most `concurrency` at once; results keep the items' order.
+ * After a failure no further item starts; the ones running are waited for, then the first
+ * failure is thrown (see lib/settle.ts for why nothing is left running).
+ */
 export async function mapLimit<T, R>(
   items: readonly T[],
   concurrency: number,
@@ -52,12 +56,18 @@ export async function mapLimit<T, R>(
 ): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
+  let failure: { error: unknown } | undefined;
   const worker = async () => {
-    while (next < items.length) {
+    while (failure === undefined && next < items.length) {
       const index = next++;
-      results[index] = await task(items[index]!, index);
+      try {
+        results[index] = await task(items[index]!, index);
+      } catch (error) {
+        failure ??= { error };
+      }
     }
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
+  if (failure !== undefined) throw failure.error;
   return results;
 }

@@ -4,6 +4,7 @@
 
 import { createHash } from 'node:crypto';
 import { describeError } from '../../lib/errors.ts';
+import { allSettled } from '../../lib/settle.ts';
 import { errorDetail, NotFoundError, PermanentError, RegistryError } from '../registry/errors.ts';
 import {
   backupReference,
@@ -195,7 +196,7 @@ export class ImageCopier {
       return { source: sourceText, target: targetText, digest, status: 'exists', bytes: 0, ms: 0 };
     }
     // What refers to the image (in the source) and what the backup holds, asked side by side.
-    const [referrers, start] = await Promise.all([
+    const [referrers, start] = await allSettled([
       this.#referrers.find(from, digest),
       this.#startingPoint(from, to, digest, sourceManifest),
     ]);
@@ -233,7 +234,7 @@ export class ImageCopier {
     if (!created && (await target.hasManifest(digest))) {
       return { root: await target.getManifest(digest), held: true, empty: false, created };
     }
-    const [root, exists] = await Promise.all([known ?? asSource(source.getManifest(digest)), created ? false : target.exists()]);
+    const [root, exists] = await allSettled([known ?? asSource(source.getManifest(digest)), created ? false : target.exists()]);
     return { root, held: false, empty: !exists, created };
   }
 }

@@ -2,6 +2,7 @@
 // or the "sha256-<hex>" tag-scheme index where a registry has no such API, and cosign's
 // "sha256-<hex>.sig/.att/.sbom" tags.
 
+import { allSettled } from '../../lib/settle.ts';
 import { digestOf } from '../registry/digest.ts';
 import { MEDIA_TYPES, parseManifest, type Descriptor } from '../registry/manifest.ts';
 import type { FetchedManifest, Repository } from '../registry/repository.ts';
@@ -43,14 +44,14 @@ export class ReferrerCopier {
   async find(source: Repository, digest: string): Promise<FoundReferrers> {
     const schemeTag = referrersTag(digest);
     const cosignTags = COSIGN_SUFFIXES.map((suffix) => `${schemeTag}.${suffix}`);
-    const [listed, schemeDigest, ...cosignDigests] = await Promise.all([
+    const [listed, schemeDigest, ...cosignDigests] = await allSettled([
       source.referrers(digest),
       source.tagDigest(schemeTag),
       ...cosignTags.map((tag) => source.tagDigest(tag)),
     ]);
     const fetchIf = (found: string | undefined) => (found === undefined ? undefined : source.getManifest(found));
     // The tag-scheme index counts only where the registry has no referrers API.
-    const [tagIndex, ...cosignManifests] = await Promise.all([
+    const [tagIndex, ...cosignManifests] = await allSettled([
       fetchIf(listed === undefined ? schemeDigest : undefined),
       ...cosignDigests.map(fetchIf),
     ]);

@@ -2,6 +2,7 @@
 // it: every platform of an index, attestation manifests, the blobs of each.
 
 import { mapLimit, Semaphore } from '../../lib/semaphore.ts';
+import { allSettled } from '../../lib/settle.ts';
 import type { HttpResponse } from '../registry/http.ts';
 import { parseManifest, type Descriptor } from '../registry/manifest.ts';
 import type { FetchedManifest } from '../registry/repository.ts';
@@ -77,7 +78,7 @@ export class TreeCopier {
       if ((await copying) === 'uploaded') context.uploaded(blob.size);
     };
     let failed = false;
-    await Promise.all(
+    await allSettled(
       parsed.blobs.map((blob) =>
         slots.run(
           async () => {

@@ -228,6 +228,45 @@ export function describeHostileRegistries(runtime: 'node' | 'worker', start: (en
       expect(attempts).toBeGreaterThan(1);
     });
 
+    it('answers for a failed image only once its other transfers have ended, leaving none running (on Workers it would hold its slot for ever)', async () => {
+      // Layer 1 comes in 2 s, 16 KiB every 200 ms (streamed: over 64 KiB); layer 2 does not match
+      // its digest, a failure not retried (two blobs at a time on Workers: the config's slot frees
+      // first, so the failure comes while layer 1 is under way).
+      const { manifest, blobs } = imageOf('fails-fast', 2, 160 * 1024);
+      const [slow, gone] = [blobs[1]!, blobs[2]!];
+      let slowEnded: { at: number; whole: boolean } | undefined;
+      hostile.add(
+        'blob/fails-fast',
+        repositoryOf([manifest], blobs, {
+          intercept: (request, response, path) => {
+            if (path.kind !== 'blobs' || request.method !== 'GET') return false;
+            if (path.reference === gone.digest) {
+              response.writeHead(200, { 'content-length': gone.bytes.byteLength }).end(Buffer.alloc(gone.bytes.byteLength));
+            } else if (path.reference === slow.digest) {
+              response.on('close', () => (slowEnded = { at: Date.now(), whole: response.writableFinished }));
+              trickle(response, slow.bytes, 16 * 1024, 200);
+            } else return false;
+            return true;
+          },
+        }),
+      );
+      const [result] = await copy(`${hostile.host}/blob/fails-fast:v1`);
+      const answered = Date.now();
+      expect(result!.status).toBe('failed');
+      expect(result!.error).toMatch(/does not match its digest/);
+      expect(hostile.requests.some((r) => r.method === 'GET' && r.url.endsWith(`/blobs/${slow.digest}`))).toBe(true);
+      expect(slowEnded, 'the slow layer was still being transferred when the failure was answered').toBeDefined();
+      expect(slowEnded!.at).toBeLessThanOrEqual(answered);
+      // Read to its end, not dropped with the request (workerd closes what a finished request left
+      // open, and what waited on it, a transfer slot of the isolate, is never given back).
+      expect(slowEnded!.whole).toBe(true);
+      // And the registry's transfers are all free: another image from it copies.
+      const next = imageOf('after-the-failure', 1, 1024);
+      hostile.add('blob/after-the-failure', repositoryOf([next.manifest], next.blobs));
+      const [after] = await copy(`${hostile.host}/blob/after-the-failure:v1`);
+      expect(after!.status, after!.error).toBe('copied');
+    });
+
     it('keeps a share of the transfers for other registries while one trickles', async () => {
       // Eight layers of 80 KiB sent 8 KiB every 250 ms: bytes keep coming (no stall), slowly.
       const { manifest, blobs } = imageOf('trickles', 8, 80 * 1024);

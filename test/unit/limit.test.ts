@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { blobUnits, SMALL_BLOB_BYTES } from '../../functions/copy/blob.ts';
 import { mapLimit, Semaphore } from '../../lib/semaphore.ts';
+import { allSettled } from '../../lib/settle.ts';
 
 /** A task that stays running until release() is called for it. */
 function gate() {
@@ -80,6 +81,46 @@ describe('mapLimit', () => {
     });
     expect(results).toEqual(['0:5', '1:1', '2:4', '3:2', '4:3']);
     expect(most).toBe(2);
+  });
+
+  it('after a failure starts nothing more, and throws the first failure only once the running tasks have ended', async () => {
+    const started: number[] = [];
+    const ended: number[] = [];
+    const outcome = mapLimit([0, 1, 2, 3, 4], 2, async (item) => {
+      started.push(item);
+      await new Promise((resolve) => setTimeout(resolve, item === 0 ? 1 : 30));
+      ended.push(item);
+      if (item === 0) throw new Error('first');
+      if (item === 1) throw new Error('second');
+      return item;
+    });
+    await expect(outcome).rejects.toThrow('first');
+    expect(started).toEqual([0, 1]);
+    expect(ended).toEqual([0, 1]);
+  });
+});
+
+describe('allSettled', () => {
+  it('answers like Promise.all when all succeed', async () => {
+    const [text, number] = await allSettled([Promise.resolve('a'), Promise.resolve(1)]);
+    expect([text, number]).toEqual(['a', 1]);
+  });
+
+  it('rejects with the first failure in time, only once every promise has settled', async () => {
+    let slowEnded = false;
+    const slow = new Promise<string>((resolve) =>
+      setTimeout(() => {
+        slowEnded = true;
+        resolve('slow');
+      }, 30),
+    );
+    const late = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('late')), 10));
+    const early = Promise.reject(new Error('early'));
+    const outcome = allSettled([slow, late, early]).catch((error: Error) => ({ error, slowEnded }));
+    // Promise.all would answer at once, the slow one still running: the control.
+    const usual = await Promise.all([slow, late, early]).catch((error: Error) => ({ error, slowEnded }));
+    expect(usual).toEqual({ error: new Error('early'), slowEnded: false });
+    expect(await outcome).toEqual({ error: new Error('early'), slowEnded: true });
   });
 });
 
