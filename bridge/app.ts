@@ -99,6 +99,7 @@ export async function startBridge(options: BridgeOptions): Promise<Bridge> {
     authToken: config.authToken,
     callbackUrl: config.callbackUrl,
     cloneTimeoutMs: config.cloneTimeoutSeconds * 1000,
+    maxImagesPerRequest: config.maxImagesPerRequest,
     ledger,
     intake,
     metrics,

@@ -5,7 +5,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { backupEnvironment, backupSettings, type BackupLocation } from '../functions/contract/index.ts';
+import {
+  backupEnvironment,
+  backupSettings,
+  DEFAULT_MAX_IMAGES_PER_REQUEST,
+  type BackupLocation,
+} from '../functions/contract/index.ts';
 import {
   boolean,
   ConfigError,
@@ -52,6 +57,8 @@ export interface BridgeConfig {
   readonly resyncSeconds: number;
   /** How long a copy may take before its request counts as lost and is made again. */
   readonly cloneTimeoutSeconds: number;
+  /** The function's MAX_IMAGES_PER_REQUEST (the same key in the shared ConfigMap): larger sets are split. */
+  readonly maxImagesPerRequest: number;
   readonly leaderElection:
     | { readonly enabled: false }
     | { readonly enabled: true; readonly namespace: string; readonly identity: string; readonly leaseName: string };
@@ -97,6 +104,7 @@ const environment = z.object({
   WORKERS: integer(4, 1, 256),
   RESYNC_SECONDS: integer(300, 10, 86_400),
   CLONE_TIMEOUT_SECONDS: integer(1800, 10, 86_400),
+  MAX_IMAGES_PER_REQUEST: integer(DEFAULT_MAX_IMAGES_PER_REQUEST, 1, 1000),
   LEADER_ELECTION: boolean(undefined),
   POD_NAMESPACE: optionalString,
   POD_NAME: optionalString,
@@ -152,6 +160,7 @@ export function loadConfig(env: Environment, sources: ConfigSources = {}): Bridg
     workers: values.WORKERS,
     resyncSeconds: values.RESYNC_SECONDS,
     cloneTimeoutSeconds: values.CLONE_TIMEOUT_SECONDS,
+    maxImagesPerRequest: values.MAX_IMAGES_PER_REQUEST,
     leaderElection,
     logLevel: values.LOG_LEVEL,
   };

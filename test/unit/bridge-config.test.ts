@@ -82,6 +82,7 @@ describe('bridge configuration', () => {
     [{ PORT: '0' }, 'PORT must be an integer from 1 to 65535'],
     [{ WORKERS: '2.5' }, 'WORKERS must be an integer'],
     [{ RESYNC_SECONDS: '1' }, 'RESYNC_SECONDS must be an integer from 10'],
+    [{ MAX_IMAGES_PER_REQUEST: '0' }, 'MAX_IMAGES_PER_REQUEST must be an integer from 1'],
     [{ BACKUP_LAYOUT: 'deep' }, 'BACKUP_LAYOUT must be flat or nested'],
     [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL must be one of'],
     [{ LEADER_ELECTION: 'maybe' }, 'LEADER_ELECTION must be true or false'],
@@ -90,6 +91,11 @@ describe('bridge configuration', () => {
     [{ ECR_REGION: 'mars' }, 'ECR_REGION must be an AWS region'],
   ])('refuses %j', (override, expected) => {
     expect(error({ ...minimal, ...override })).toContain(expected);
+  });
+
+  it("splits requests at the function's MAX_IMAGES_PER_REQUEST, read from the same ConfigMap key", () => {
+    expect(loadConfig(minimal).maxImagesPerRequest).toBe(50);
+    expect(loadConfig({ ...minimal, MAX_IMAGES_PER_REQUEST: '10' }).maxImagesPerRequest).toBe(10);
   });
 
   it('always ignores kube-system, plus the listed namespaces', () => {
