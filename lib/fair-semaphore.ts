@@ -34,7 +34,12 @@ export class FairSemaphore {
     return this.#maxPerParty;
   }
 
-  async run<T>(party: string, task: () => Promise<T>, units = 1): Promise<T> {
+  /**
+   * Runs `task` holding `units` of `party`'s share. With `signal`, the units come back as soon as it
+   * aborts, whether or not the task ever settles: on Workers the I/O of a request that has ended
+   * never does, and the units it held would be lost to every later request of the isolate.
+   */
+  async run<T>(party: string, task: () => Promise<T>, units = 1, signal?: AbortSignal): Promise<T> {
     if (!Number.isInteger(units) || units < 1 || units > this.#maxPerParty) {
       throw new RangeError(`a holder takes 1 to ${this.#maxPerParty} units, not ${units}`);
     }
@@ -48,14 +53,23 @@ export class FairSemaphore {
         this.#wake();
       });
     }
-    try {
-      return await task();
-    } finally {
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
       this.#used -= units;
       const left = (this.#usedBy.get(party) ?? 0) - units;
       if (left > 0) this.#usedBy.set(party, left);
       else this.#usedBy.delete(party);
       this.#wake();
+    };
+    if (signal?.aborted) release();
+    else signal?.addEventListener('abort', release, { once: true });
+    try {
+      return await task();
+    } finally {
+      signal?.removeEventListener('abort', release);
+      release();
     }
   }
 

@@ -107,6 +107,8 @@ export class BlobCopier {
           onRetry: (info) => this.#options.onRetry?.({ what, ...info }),
         }),
       blobUnits(blob.size, this.#options.smallBlobsPerSlot),
+      // A copy aborted (its deadline, nobody waiting) gives its slot back at once.
+      context.source.signal,
     );
   }
 

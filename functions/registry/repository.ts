@@ -54,6 +54,11 @@ export class Repository implements RepositoryName {
   readonly #scopes: readonly string[];
   readonly #options: RepositoryOptions;
 
+  /** What ends every request of this handle (see RepositoryOptions.signal). */
+  get signal(): AbortSignal | undefined {
+    return this.#options.signal;
+  }
+
   constructor(client: RegistryClient, name: RepositoryName, access: Access, options: RepositoryOptions) {
     this.registry = name.registry;
     this.repository = name.repository;

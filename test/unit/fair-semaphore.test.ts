@@ -25,6 +25,38 @@ describe('FairSemaphore', () => {
     expect(semaphore.used()).toBe(0);
   });
 
+  it("gives a holder's units back when its signal aborts, though its task never settles, and only once", async () => {
+    const semaphore = new FairSemaphore(2, 0);
+    const stuck = new AbortController();
+    void semaphore.run('a', () => new Promise<never>(() => {}), 2, stuck.signal);
+    await turn();
+    let ran = false;
+    const next = semaphore.run('b', async () => void (ran = true));
+    await turn();
+    expect(ran).toBe(false); // the control: held while not aborted
+    stuck.abort();
+    await next;
+    expect(ran).toBe(true);
+    expect(semaphore.used()).toBe(0);
+
+    // A task that does end after its abort does not give its units back twice.
+    const late = new AbortController();
+    const finish = gate();
+    const ending = semaphore.run('a', () => finish.done, 2, late.signal);
+    await turn();
+    late.abort();
+    const other = gate();
+    const holding = semaphore.run('b', () => other.done, 2);
+    await turn();
+    expect(semaphore.used()).toBe(2);
+    finish.release();
+    await ending;
+    expect(semaphore.used()).toBe(2);
+    other.release();
+    await holding;
+    expect(semaphore.used()).toBe(0);
+  });
+
   it('serves waiting parties in turn, each in its own order', async () => {
     const semaphore = new FairSemaphore(1, 0);
     const first = gate();
