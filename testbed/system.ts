@@ -490,6 +490,8 @@ export interface System {
   hasBackup(image: string): Promise<boolean>;
   /** Writes every process's output to `dir` (bridge-<name>.log, clone-function.log), for debugging. */
   writeLogs(dir: string): Promise<void>;
+  /** The last lines of each bridge's and the clone function's output: what a failed test prints. */
+  recentOutput(): string;
   stop(): Promise<void>;
 }
 
@@ -739,6 +741,13 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
         for (const bridge of bridges) await writeFile(join(dir, `bridge-${bridge.name}.log`), bridge.output());
         await writeFile(join(dir, 'clone-function.log'), functionOutput + (fn?.logs() ?? ''));
         await writeFile(join(dir, 'kube-apiserver.log'), await readFile(cluster.logs.apiServer, 'utf8').catch(() => ''));
+      },
+      recentOutput: () => {
+        const last = (text: string, lines: number) => text.split('\n').slice(-lines).join('\n');
+        return [
+          ...bridges.map((bridge) => `--- bridge ${bridge.name} (last lines) ---\n${last(bridge.output(), 60)}`),
+          `--- clone function (last lines) ---\n${last(fn?.logs() ?? '', 40)}`,
+        ].join('\n');
       },
       stop,
     };

@@ -258,15 +258,7 @@ describe('image clone controller, end to end', () => {
   }, 120_000);
 
   // When a scenario fails, what the processes said is the first thing anyone needs.
-  beforeEach(({ onTestFailed }) =>
-    onTestFailed(() => {
-      for (const bridge of system.bridges) {
-        console.error(`--- bridge ${bridge.name} (last lines) ---\n${bridge.output().split('\n').slice(-60).join('\n')}`);
-      }
-      const functionLog = system.cloneFunction()?.logs() ?? '';
-      console.error(`--- clone function (last lines) ---\n${functionLog.split('\n').slice(-40).join('\n')}`);
-    }),
-  );
+  beforeEach(({ onTestFailed }) => onTestFailed(() => console.error(system.recentOutput())));
 
   it('backs up, pins and releases the example Deployment, DaemonSet, StatefulSet and CronJob from k8s/setup', async () => {
     const started = Date.now();

@@ -72,16 +72,7 @@ afterAll(async () => {
 }, 120_000);
 
 // When a step fails, what the processes said is the first thing anyone needs.
-beforeEach(({ onTestFailed }) =>
-  onTestFailed(() => {
-    for (const bridge of system.bridges) {
-      console.error(`--- bridge ${bridge.name} (last lines) ---\n${bridge.output().split('\n').slice(-60).join('\n')}`);
-    }
-    console.error(
-      `--- clone function (last lines) ---\n${(system.cloneFunction()?.logs() ?? '').split('\n').slice(-40).join('\n')}`,
-    );
-  }),
-);
+beforeEach(({ onTestFailed }) => onTestFailed(() => console.error(system.recentOutput())));
 
 describe('installed with Helm', () => {
   let leader: BridgeProcess;
